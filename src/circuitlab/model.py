@@ -54,8 +54,10 @@ def abs_topk(x: Tensor, k: int) -> Tensor:
     """Keep exactly the `k` largest-magnitude entries of each vector along the last dim; zero the rest."""
     if k >= x.shape[-1]:
         return x
-    index = x.abs().topk(k, dim=-1, sorted=False).indices
-    return torch.zeros_like(x).scatter(-1, index, x.gather(-1, index))
+    with torch.no_grad():  # the selection is not differentiated; the gradient flows to the kept entries
+        index = x.abs().topk(k, dim=-1, sorted=False).indices
+        keep = torch.zeros_like(x, dtype=torch.bool).scatter_(-1, index, True)
+    return x * keep
 
 
 class AbsTopK(nn.Module):
@@ -111,7 +113,7 @@ class Embed(nn.Module):
         self.W_E = nn.Parameter(torch.empty(cfg.d_vocab, cfg.d_model))
 
     def forward(self, tokens: Tensor) -> Tensor:
-        return self.W_E[tokens]
+        return F.embedding(tokens, self.W_E)
 
 
 class PosEmbed(nn.Module):
@@ -141,7 +143,7 @@ class BigramTable(nn.Module):
         self.W_bigram = nn.Parameter(torch.empty(cfg.d_vocab, cfg.d_vocab))
 
     def forward(self, tokens: Tensor) -> Tensor:
-        return self.W_bigram[tokens]
+        return F.embedding(tokens, self.W_bigram)
 
 
 class Attention(nn.Module):
@@ -161,7 +163,8 @@ class Attention(nn.Module):
         self.b_O = nn.Parameter(torch.zeros(d))
         self.sink_logits = nn.Parameter(torch.zeros(h)) if cfg.attn_sink else None
         self.topk_qkv = AbsTopK(h * e, cfg.afrac)
-        self.register_buffer("causal_mask", torch.ones(cfg.n_ctx, cfg.n_ctx).tril().bool(), persistent=False)
+        causal_bias = torch.full((cfg.n_ctx, cfg.n_ctx), float("-inf")).triu(diagonal=1)
+        self.register_buffer("causal_bias", causal_bias, persistent=False)  # 0 on and below the diagonal
         self.hook_q = HookPoint()  # [batch, pos, head, d_head]
         self.hook_k = HookPoint()
         self.hook_v = HookPoint()
@@ -169,27 +172,26 @@ class Attention(nn.Module):
         self.hook_pattern = HookPoint()  # [batch, head, query_pos, key_pos]; rows sum to 1 - sink weight
         self.hook_z = HookPoint()  # [batch, pos, head, d_head]
 
-    def _project(self, x: Tensor, W: Tensor, b: Tensor) -> Tensor:
-        """x @ W for all heads at once, AbsTopK over the concatenated heads, split into heads."""
-        n_heads, d_model, d_head = W.shape
-        flat = x @ W.permute(1, 0, 2).reshape(d_model, n_heads * d_head) + b.reshape(-1)
-        return self.topk_qkv(flat).view(*x.shape[:-1], n_heads, d_head)
-
     def forward(self, x: Tensor) -> Tensor:
-        n_pos = x.shape[1]
-        q = self.hook_q(self._project(x, self.W_Q, self.b_Q))
-        k = self.hook_k(self._project(x, self.W_K, self.b_K))
-        v = self.hook_v(self._project(x, self.W_V, self.b_V))
-        scores = torch.einsum("bqhe,bkhe->bhqk", q, k) / math.sqrt(self.cfg.d_head)
-        scores = self.hook_attn_scores(scores.masked_fill(~self.causal_mask[:n_pos, :n_pos], float("-inf")))
+        batch, n_pos, d_model = x.shape
+        n_heads, d_head = self.cfg.n_heads, self.cfg.d_head
+        # q, k and v in one matmul; AbsTopK runs on each of them jointly over heads.
+        W_qkv = torch.cat([W.permute(1, 0, 2).reshape(d_model, -1) for W in (self.W_Q, self.W_K, self.W_V)], dim=1)
+        b_qkv = torch.cat([self.b_Q.flatten(), self.b_K.flatten(), self.b_V.flatten()])
+        qkv = self.topk_qkv((x @ W_qkv + b_qkv).view(batch, n_pos, 3, -1)).view(batch, n_pos, 3, n_heads, d_head)
+        q = self.hook_q(qkv[:, :, 0])
+        k = self.hook_k(qkv[:, :, 1])
+        v = self.hook_v(qkv[:, :, 2])
+        scores = (q * d_head**-0.5).transpose(1, 2) @ k.permute(0, 2, 3, 1)
+        scores = self.hook_attn_scores(scores + self.causal_bias[:n_pos, :n_pos])
         if self.sink_logits is None:
             pattern = scores.softmax(dim=-1)
         else:
-            sink = self.sink_logits.view(1, -1, 1, 1).expand(*scores.shape[:-1], 1)
+            sink = self.sink_logits.view(1, -1, 1, 1).expand(batch, -1, n_pos, 1)
             pattern = torch.cat([scores, sink], dim=-1).softmax(dim=-1)[..., :-1]
         pattern = self.hook_pattern(pattern)
-        z = self.hook_z(torch.einsum("bhqk,bkhe->bqhe", pattern, v))
-        return z.flatten(-2) @ self.W_O.flatten(0, 1) + self.b_O
+        z = self.hook_z((pattern @ v.transpose(1, 2)).transpose(1, 2))
+        return z.reshape(batch, n_pos, -1) @ self.W_O.reshape(-1, d_model) + self.b_O
 
 
 class MLP(nn.Module):
