@@ -1,1 +1,15 @@
-"""circuitlab."""
+"""circuitlab: weight-sparse transformers with interpretable circuits (Gao et al. 2025), on a CPU.
+
+The boxes of the pipeline, one module each: `tokenizer`, `corpus`, `synthetic`, `tasks` (data);
+`model`, `config`, `checkpoint`, `compat` (the SparseTransformer); `sparsity`, `train` (weight-sparse
+training); `prune`, `circuit`, `plotting` (circuits).
+"""
+
+from circuitlab.circuit import Circuit
+from circuitlab.config import SparseTransformerConfig
+from circuitlab.model import NODE_LOCATIONS, SparseTransformer
+from circuitlab.prune import PruneConfig, prune
+
+__version__ = "0.1.0"
+
+__all__ = ["Circuit", "NODE_LOCATIONS", "PruneConfig", "SparseTransformer", "SparseTransformerConfig", "prune"]

@@ -1,0 +1,247 @@
+"""`Circuit`: the nodes a task needs, the weights between them, how well they do the task, and tools to
+save, draw, compare and run them.
+
+Nodes are channels at the eight node locations (`circuitlab.model.NODE_LOCATIONS`). Edges are the nonzero
+weights between kept nodes, exactly:
+
+* `attn_read` channel c -> q, k or v channel (h, e): `W_Q/W_K/W_V[h, c, e] != 0`
+* v channel (h, e) -> `attn_write` channel m: `W_O[h, e, m] != 0`
+* `mlp_read` channel c -> neuron n: `W_in[c, n] != 0`
+* neuron n -> `mlp_write` channel m: `W_out[n, m] != 0`
+
+Two further kinds of link are reported but not counted as edges, because no single weight carries them:
+a q channel and the k channel with the same (head, dim) multiply in the attention score (`qk_pairs`), and a
+write channel m feeds every later read of residual channel m through the residual stream (`residual_links`).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+from circuitlab.model import NODE_LOCATIONS, SparseTransformer
+
+LOCATION_OF_HOOK = {template.split("{layer}.")[1]: location for location, template in NODE_LOCATIONS.items()}
+READ_LOCATIONS = ("attn_read", "mlp_read")
+WRITE_LOCATIONS = ("attn_write", "mlp_write")
+CIRCUIT_FORMAT_VERSION = 1
+
+
+class Node(NamedTuple):
+    layer: int
+    location: str
+    index: int  # channel index; for q, k, v: head * d_head + dim
+
+    def __str__(self) -> str:
+        return f"L{self.layer}.{self.location}.{self.index}"
+
+
+class Edge(NamedTuple):
+    source: Node
+    target: Node
+    weight: float
+
+
+def parse_hook(name: str) -> tuple[int, str]:
+    """'blocks.3.attn.hook_q' -> (3, 'q')."""
+    _, layer, rest = name.split(".", 2)
+    return int(layer), LOCATION_OF_HOOK[rest]
+
+
+def sublayer_order(node: Node) -> float:
+    """Position along the forward pass: attention reads < q,k,v < attention writes < MLP reads < ..."""
+    order = ["attn_read", "q", "k", "v", "attn_write", "mlp_read", "mlp_neuron", "mlp_write"]
+    return node.layer * len(order) + order.index(node.location)
+
+
+@dataclass
+class Circuit:
+    """A task's circuit in one model: node masks per hook, the constants pruned nodes are replaced by,
+    and the losses that say how good it is (per-prompt binary cross-entropy on held-out pairs)."""
+
+    task_name: str
+    masks: dict[str, Tensor]  # hook name -> bool mask over its channels
+    ablation_values: dict[str, Tensor]  # hook name -> what a pruned channel is replaced by
+    ablation: str
+    target_loss: float
+    task_loss: float  # the circuit alone: sufficiency
+    full_model_loss: float
+    ablated_model_loss: float  # every node ablated
+    necessity_loss: float = float("nan")  # only the circuit's nodes ablated
+    edges: list[Edge] = field(default_factory=list)
+    scores: dict[str, Tensor] = field(default_factory=dict)
+    history: list[dict] = field(default_factory=list)
+    config: dict = field(default_factory=dict)
+
+    # ------------------------------------------------------------------ nodes and edges
+
+    @property
+    def nodes(self) -> list[Node]:
+        nodes = []
+        for name, mask in self.masks.items():
+            layer, location = parse_hook(name)
+            nodes += [Node(layer, location, int(i)) for i in mask.flatten().nonzero().flatten()]
+        return sorted(nodes, key=lambda node: (sublayer_order(node), node.index))
+
+    @property
+    def n_nodes(self) -> int:
+        return int(sum(mask.sum() for mask in self.masks.values()))
+
+    @property
+    def n_edges(self) -> int:
+        return len(self.edges)
+
+    @property
+    def nodes_by_location(self) -> dict[str, int]:
+        counts = dict.fromkeys(NODE_LOCATIONS, 0)
+        for node in self.nodes:
+            counts[node.location] += 1
+        return counts
+
+    @property
+    def qk_pairs(self) -> list[tuple[Node, Node]]:
+        kept = set(self.nodes)
+        return [(n, Node(n.layer, "k", n.index)) for n in kept if n.location == "q" and (n.layer, "k", n.index) in kept]
+
+    @property
+    def residual_links(self) -> list[tuple[Node, Node]]:
+        writes = [n for n in self.nodes if n.location in WRITE_LOCATIONS]
+        reads = [n for n in self.nodes if n.location in READ_LOCATIONS]
+        return [(w, r) for w in writes for r in reads if w.index == r.index and sublayer_order(r) > sublayer_order(w)]
+
+    def summary(self) -> dict:
+        return {
+            "task": self.task_name,
+            "nodes": self.n_nodes,
+            "edges": self.n_edges,
+            "qk_pairs": len(self.qk_pairs),
+            "residual_links": len(self.residual_links),
+            "task_loss": round(self.task_loss, 4),
+            "necessity_loss": round(self.necessity_loss, 4),
+            "full_model_loss": round(self.full_model_loss, 4),
+            "ablated_model_loss": round(self.ablated_model_loss, 4),
+            "target_loss": self.target_loss,
+            "ablation": self.ablation,
+        }
+
+    # ------------------------------------------------------------------ running
+
+    def hooks(self, invert: bool = False) -> list[tuple[str, callable]]:
+        """Forward hooks that ablate every node outside the circuit (or, with invert, every node in it)."""
+
+        def make_hook(name: str):
+            keep = self.masks[name].float()
+            if invert:
+                keep = 1 - keep
+            value = self.ablation_values[name]
+
+            def hook(activation: Tensor, hook) -> Tensor:
+                return activation * keep + value * (1 - keep)
+
+            return hook
+
+        return [(name, make_hook(name)) for name in self.masks]
+
+    @torch.no_grad()
+    def loss(self, model: SparseTransformer, batch, invert: bool = False) -> float:
+        """Task loss on `batch` with everything outside the circuit ablated (or, with invert, the circuit)."""
+        from circuitlab.tasks import task_loss
+
+        return task_loss(model.run_with_hooks(batch.tokens, fwd_hooks=self.hooks(invert)), batch).item()
+
+    def to_model(self, model: SparseTransformer) -> SparseTransformer:
+        """A standalone copy of `model` in which every pruned node is its constant (permanent hooks), so it
+        runs the circuit with plain `model(tokens)` and still works with caches and further hooks."""
+        pruned = copy.deepcopy(model)
+        pruned.reset_hooks(including_permanent=True)
+        for name, hook in self.hooks():
+            pruned.add_hook(name, hook, is_permanent=True)
+        return pruned
+
+    # ------------------------------------------------------------------ saving
+
+    def save(self, directory: str | Path, overwrite: bool = False) -> Path:
+        directory = Path(directory)
+        if (directory / "circuit.json").exists() and not overwrite:
+            raise FileExistsError(f"{directory} already holds a circuit; pass overwrite=True to replace it.")
+        directory.mkdir(parents=True, exist_ok=True)
+        tensors = {f"mask/{k}": v.to(torch.uint8) for k, v in self.masks.items()}
+        tensors |= {f"ablation/{k}": v.contiguous() for k, v in self.ablation_values.items()}
+        tensors |= {f"score/{k}": v.contiguous() for k, v in self.scores.items()}
+        save_file(tensors, directory / "circuit.safetensors")
+        meta = {
+            "format_version": CIRCUIT_FORMAT_VERSION,
+            **{k: getattr(self, k) for k in ("task_name", "ablation", "target_loss", "task_loss")},
+            **{k: getattr(self, k) for k in ("full_model_loss", "ablated_model_loss", "necessity_loss")},
+            "summary": self.summary(),
+            "edges": [[str(e.source), str(e.target), e.weight] for e in self.edges],
+            "history": self.history,
+            "config": self.config,
+        }
+        (directory / "circuit.json").write_text(json.dumps(meta, indent=1) + "\n")
+        return directory
+
+    @classmethod
+    def load(cls, directory: str | Path) -> Circuit:
+        directory = Path(directory)
+        for name in ("circuit.json", "circuit.safetensors"):
+            if not (directory / name).is_file():
+                raise FileNotFoundError(f"{directory / name} is missing: {directory} is not a saved circuit.")
+        meta = json.loads((directory / "circuit.json").read_text())
+        if meta.get("format_version", 0) > CIRCUIT_FORMAT_VERSION:
+            raise ValueError(f"{directory} was saved by a newer circuitlab (format {meta['format_version']}).")
+        tensors = load_file(directory / "circuit.safetensors")
+
+        def group(prefix: str) -> dict[str, Tensor]:
+            return {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+
+        return cls(
+            task_name=meta["task_name"],
+            masks={k: v.bool() for k, v in group("mask/").items()},
+            ablation_values=group("ablation/"),
+            ablation=meta["ablation"],
+            target_loss=meta["target_loss"],
+            task_loss=meta["task_loss"],
+            full_model_loss=meta["full_model_loss"],
+            ablated_model_loss=meta["ablated_model_loss"],
+            necessity_loss=meta["necessity_loss"],
+            edges=[Edge(parse_node(s), parse_node(t), w) for s, t, w in meta["edges"]],
+            scores=group("score/"),
+            history=meta["history"],
+            config=meta["config"],
+        )
+
+
+def parse_node(label: str) -> Node:
+    layer, location, index = label.split(".")
+    return Node(int(layer[1:]), location, int(index))
+
+
+def circuit_edges(model: SparseTransformer, masks: dict[str, Tensor]) -> list[Edge]:
+    """The nonzero weights between kept nodes (the convention in the module docstring)."""
+    edges = []
+    cfg = model.cfg
+    for layer, block in enumerate(model.blocks):
+        kept = {loc: masks[tmpl.format(layer=layer)].flatten().bool() for loc, tmpl in NODE_LOCATIONS.items()}
+
+        links = [
+            ("attn_read", "q", block.attn.W_Q.permute(1, 0, 2).reshape(cfg.d_model, -1)),
+            ("attn_read", "k", block.attn.W_K.permute(1, 0, 2).reshape(cfg.d_model, -1)),
+            ("attn_read", "v", block.attn.W_V.permute(1, 0, 2).reshape(cfg.d_model, -1)),
+            ("v", "attn_write", block.attn.W_O.reshape(-1, cfg.d_model)),
+            ("mlp_read", "mlp_neuron", block.mlp.W_in),
+            ("mlp_neuron", "mlp_write", block.mlp.W_out),
+        ]
+        for source, target, weight in links:
+            weight = weight.detach()
+            live = (weight != 0) & kept[source][:, None] & kept[target][None, :]
+            for i, j in live.nonzero().tolist():
+                edges.append(Edge(Node(layer, source, i), Node(layer, target, j), weight[i, j].item()))
+    return edges

@@ -1,0 +1,102 @@
+"""Figures the chapters share: circuit drawings and training curves."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import networkx as nx
+
+from circuitlab.circuit import Circuit, Node, sublayer_order
+
+LOCATION_COLORS = {
+    "attn_read": "#9ecae1",
+    "q": "#fd8d3c",
+    "k": "#fdae6b",
+    "v": "#e6550d",
+    "attn_write": "#3182bd",
+    "mlp_read": "#a1d99b",
+    "mlp_neuron": "#31a354",
+    "mlp_write": "#006d2c",
+}
+
+
+def circuit_graph(circuit: Circuit) -> nx.DiGraph:
+    """The circuit as a graph: weight edges (kind "weight"), q·k pairs ("qk") and residual links ("residual")."""
+    graph = nx.DiGraph()
+    for node in circuit.nodes:
+        graph.add_node(node, location=node.location, layer=node.layer)
+    for edge in circuit.edges:
+        graph.add_edge(edge.source, edge.target, weight=edge.weight, kind="weight")
+    for q, k in circuit.qk_pairs:
+        graph.add_edge(k, q, weight=0.0, kind="qk")
+    for write, read in circuit.residual_links:
+        graph.add_edge(write, read, weight=0.0, kind="residual")
+    return graph
+
+
+def draw_circuit(circuit: Circuit, ax: plt.Axes | None = None, title: str | None = None) -> plt.Axes:
+    """Layers left to right, one column per node location, colour = location, edge width = |weight|,
+    red/blue = positive/negative weight; dashed grey = residual links, dotted = q·k pairs."""
+    graph = circuit_graph(circuit)
+    if ax is None:
+        width = max(6, 0.6 * len({sublayer_order(n) for n in graph.nodes}) + 2)
+        _, ax = plt.subplots(figsize=(width, 5))
+    columns: dict[float, list[Node]] = {}
+    for node in graph.nodes:
+        columns.setdefault(sublayer_order(node), []).append(node)
+    xs = {order: i for i, order in enumerate(sorted(columns))}
+    positions = {}
+    for order, nodes in columns.items():
+        for rank, node in enumerate(sorted(nodes, key=lambda n: n.index)):
+            positions[node] = (xs[order], rank - (len(nodes) - 1) / 2)
+
+    weights = [abs(d["weight"]) for *_, d in graph.edges(data=True) if d["kind"] == "weight"]
+    scale = max(weights, default=1.0) or 1.0
+    for kind, style in (("residual", ":"), ("qk", "--")):
+        edges = [(u, v) for u, v, d in graph.edges(data=True) if d["kind"] == kind]
+        nx.draw_networkx_edges(
+            graph, positions, edgelist=edges, style=style, edge_color="grey", alpha=0.6, ax=ax, arrows=False
+        )
+    weight_edges = [(u, v, d["weight"]) for u, v, d in graph.edges(data=True) if d["kind"] == "weight"]
+    nx.draw_networkx_edges(
+        graph,
+        positions,
+        edgelist=[(u, v) for u, v, _ in weight_edges],
+        width=[0.5 + 3 * abs(w) / scale for *_, w in weight_edges],
+        edge_color=["#d62728" if w > 0 else "#1f77b4" for *_, w in weight_edges],
+        alpha=0.8,
+        ax=ax,
+        arrows=False,
+    )
+    nx.draw_networkx_nodes(
+        graph, positions, node_color=[LOCATION_COLORS[n.location] for n in graph.nodes], node_size=160, ax=ax
+    )
+    nx.draw_networkx_labels(graph, positions, labels={n: str(n.index) for n in graph.nodes}, font_size=6, ax=ax)
+    ax.set_xticks(range(len(xs)))
+    ax.set_xticklabels([_column_label(columns[order][0]) for order in sorted(columns)], rotation=60, fontsize=7)
+    ax.tick_params(left=False, labelleft=False)
+    for location, color in LOCATION_COLORS.items():
+        ax.scatter([], [], color=color, label=location)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1, 1))
+    summary = circuit.summary()
+    ax.set_title(
+        title
+        or f"{circuit.task_name}: {summary['nodes']} nodes, {summary['edges']} edges, loss {summary['task_loss']:.3f}"
+    )
+    return ax
+
+
+def _column_label(node: Node) -> str:
+    return f"L{node.layer} {node.location}"
+
+
+def save_figure(fig: plt.Figure, name: str, directory: str | Path | None = None) -> Path:
+    """Save under figures/ with a stable name (PNG, 150 dpi)."""
+    from circuitlab.paths import FIGURES_DIR
+
+    directory = Path(directory or FIGURES_DIR)
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{name}.png"
+    fig.savefig(path, dpi=150, bbox_inches="tight")
+    return path

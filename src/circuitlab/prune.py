@@ -1,0 +1,275 @@
+"""Find a task's circuit: learn a keep/ablate mask over nodes, then bisect for the fewest nodes that suffice.
+
+The paper's method. Each node (one channel at one of the eight node locations of one layer) gets a score
+τ. The forward pass keeps a node when τ > 0 and otherwise replaces its activation by a constant (its mean
+over pretraining text, by default); the backward pass pretends the step was a sigmoid. The loss is the task
+loss plus a penalty per kept node. Afterwards the nodes are sorted by τ and we bisect for the smallest
+number kept whose held-out task loss is at most the target. The model's weights stay frozen and AbsTopK
+still applies; masks act at the node hook points, so everything here is ordinary hook-based ablation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from circuitlab.circuit import Circuit, circuit_edges
+from circuitlab.model import NODE_LOCATIONS, SparseTransformer
+from circuitlab.tasks import Task, TaskBatch, task_loss
+
+ABLATIONS = ("mean", "zero", "task_mean")
+
+
+@dataclass
+class PruneConfig:
+    """Pruning hyper-parameters: the paper's optimiser and penalty, with a CPU-sized number of steps."""
+
+    target_loss: float = 0.15  # per-prompt binary cross-entropy the circuit must reach on held-out pairs
+    ablation: str = "mean"  # "mean" over pretraining text, "zero", or "task_mean" over task prompts
+    steps: int = 150
+    pairs_per_step: int = 32  # contrast pairs per batch (two prompts each)
+    train_pairs: int = 512
+    test_pairs: int = 256
+    lr: float = 3e-2
+    weight_decay: float = 1e-3
+    beta2: float = 0.95
+    warmup_frac: float = 0.05
+    penalty: float = 1e-3  # added loss per kept node
+    init_mean: float = 0.1
+    init_std: float = 0.01
+    mean_batches: int = 4  # pretraining batches of [16, n_ctx] tokens to average for "mean" ablation
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.ablation not in ABLATIONS:
+            raise ValueError(f"ablation={self.ablation!r}; choose one of {ABLATIONS}")
+
+
+class HeavisideSigmoidGrad(torch.autograd.Function):
+    """Heaviside step forward (score > 0 keeps the node), the sigmoid's derivative backward."""
+
+    @staticmethod
+    def forward(ctx, scores: Tensor) -> Tensor:
+        ctx.save_for_backward(scores)
+        return (scores > 0).to(scores.dtype)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        (scores,) = ctx.saved_tensors
+        sigmoid = scores.sigmoid()
+        return grad * sigmoid * (1 - sigmoid)
+
+
+def node_shapes(model: SparseTransformer) -> dict[str, tuple[int, ...]]:
+    """Hook name -> shape of its node mask (the trailing, per-channel dims of the activation)."""
+    cfg = model.cfg
+    widths = {
+        "attn_read": (cfg.d_model,),
+        "q": (cfg.n_heads, cfg.d_head),
+        "k": (cfg.n_heads, cfg.d_head),
+        "v": (cfg.n_heads, cfg.d_head),
+        "attn_write": (cfg.d_model,),
+        "mlp_read": (cfg.d_model,),
+        "mlp_neuron": (cfg.d_mlp,),
+        "mlp_write": (cfg.d_model,),
+    }
+    return {
+        template.format(layer=layer): widths[location]
+        for layer in range(cfg.n_layers)
+        for location, template in NODE_LOCATIONS.items()
+    }
+
+
+@torch.no_grad()
+def ablation_values(
+    model: SparseTransformer,
+    ablation: str,
+    pretraining_tokens: Tensor | None = None,
+    task_batch: TaskBatch | None = None,
+) -> dict[str, Tensor]:
+    """The constant each node is replaced by when pruned: zero, or its mean over text or over task prompts."""
+    shapes = node_shapes(model)
+    if ablation == "zero":
+        return {name: torch.zeros(shape) for name, shape in shapes.items()}
+    if ablation == "mean":
+        if pretraining_tokens is None:
+            raise ValueError("Mean ablation needs pretraining_tokens (a [batch, pos] sample of pretraining text).")
+        tokens, valid = pretraining_tokens, torch.ones(pretraining_tokens.shape, dtype=torch.bool)
+    elif ablation == "task_mean":
+        if task_batch is None:
+            raise ValueError("Task-mean ablation needs a task_batch.")
+        tokens = task_batch.tokens
+        valid = torch.arange(tokens.shape[1])[None] <= task_batch.last[:, None]
+    else:
+        raise ValueError(f"ablation={ablation!r}; choose one of {ABLATIONS}")
+    _, cache = model.run_with_cache(tokens, names_filter=lambda name: name in shapes)
+    weights = valid.float()
+    return {name: torch.einsum("bp...,bp->...", cache[name], weights) / weights.sum() for name in shapes}
+
+
+class NodeMasks(nn.Module):
+    """One learnable score per node; `hooks()` gives forward hooks that keep or ablate each node."""
+
+    def __init__(self, model: SparseTransformer, means: dict[str, Tensor], cfg: PruneConfig):
+        super().__init__()
+        generator = torch.Generator().manual_seed(cfg.seed)
+        self.names = list(node_shapes(model))
+        self.scores = nn.ParameterList(
+            nn.Parameter(cfg.init_mean + cfg.init_std * torch.randn(shape, generator=generator))
+            for shape in node_shapes(model).values()
+        )
+        self.means = means
+        self.fixed: dict[str, Tensor] | None = None  # binary masks that override the scores when set
+
+    def keep(self, index: int) -> Tensor:
+        if self.fixed is not None:
+            return self.fixed[self.names[index]]
+        return HeavisideSigmoidGrad.apply(self.scores[index])
+
+    def n_kept(self) -> Tensor:
+        return sum(self.keep(i).sum() for i in range(len(self.names)))
+
+    def hooks(self) -> list[tuple[str, Callable]]:
+        def make_hook(index: int) -> Callable:
+            name = self.names[index]
+
+            def hook(activation: Tensor, hook) -> Tensor:
+                keep = self.keep(index)
+                return activation * keep + self.means[name] * (1 - keep)
+
+            return hook
+
+        return [(name, make_hook(i)) for i, name in enumerate(self.names)]
+
+    def flat_scores(self) -> Tensor:
+        return torch.cat([s.detach().flatten() for s in self.scores])
+
+    def masks_from_flat(self, flat_keep: Tensor) -> dict[str, Tensor]:
+        masks, offset = {}, 0
+        for name, score in zip(self.names, self.scores, strict=True):
+            masks[name] = flat_keep[offset : offset + score.numel()].view(score.shape).float()
+            offset += score.numel()
+        return masks
+
+
+def select_rows(batch: TaskBatch, rows: Tensor) -> TaskBatch:
+    return TaskBatch(batch.tokens[rows], batch.last[rows], batch.target[rows], batch.alternative[rows])
+
+
+def masked_task_loss(model: SparseTransformer, masks: NodeMasks, batch: TaskBatch) -> Tensor:
+    logits = model.run_with_hooks(batch.tokens, fwd_hooks=masks.hooks())
+    return task_loss(logits, batch)
+
+
+@torch.no_grad()
+def loss_with_masks(model: SparseTransformer, masks: NodeMasks, fixed: dict[str, Tensor], batch: TaskBatch) -> float:
+    masks.fixed = fixed
+    try:
+        return masked_task_loss(model, masks, batch).item()
+    finally:
+        masks.fixed = None
+
+
+def learning_rate(step: int, cfg: PruneConfig) -> float:
+    warmup = max(1, round(cfg.warmup_frac * cfg.steps))
+    return cfg.lr * min(1.0, (step + 1) / warmup)
+
+
+def prune(
+    model: SparseTransformer,
+    task: Task,
+    cfg: PruneConfig | None = None,
+    pretraining_tokens: Tensor | None = None,
+    progress: bool = True,
+    **overrides,
+) -> Circuit:
+    """Find the smallest set of nodes whose held-out task loss is at most `cfg.target_loss`.
+
+    `pretraining_tokens` ([batch, pos]) are the text the "mean" ablation averages over; by default a
+    sample of the validation corpus. Keyword overrides change single `PruneConfig` fields.
+    """
+    cfg = PruneConfig(**{**asdict(cfg or PruneConfig()), **overrides})
+    model.eval().requires_grad_(False)
+    tokenizer = model.tokenizer
+    train = task.batch(tokenizer, "train", cfg.train_pairs, seed=cfg.seed, n_ctx=model.cfg.n_ctx)
+    test = task.batch(tokenizer, "test", cfg.test_pairs, seed=cfg.seed, n_ctx=model.cfg.n_ctx)
+    if cfg.ablation == "mean" and pretraining_tokens is None:
+        pretraining_tokens = sample_pretraining_tokens(model, cfg.mean_batches * 16, cfg.seed)
+    means = ablation_values(model, cfg.ablation, pretraining_tokens, train)
+    masks = NodeMasks(model, means, cfg)
+
+    optimizer = torch.optim.AdamW(masks.parameters(), lr=cfg.lr, betas=(0.9, cfg.beta2), weight_decay=cfg.weight_decay)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    history = []
+    for step in tqdm(range(cfg.steps), desc=f"prune {task.name}", disable=not progress):
+        rows = torch.randperm(len(train) // 2, generator=generator)[: cfg.pairs_per_step]
+        batch = select_rows(train, torch.cat([2 * rows, 2 * rows + 1]))
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(step, cfg)
+        loss = masked_task_loss(model, masks, batch)
+        kept = masks.n_kept()
+        (loss + cfg.penalty * kept).backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        with torch.no_grad():
+            for score in masks.scores:
+                score.clamp_(-1, 1)
+        history.append({"step": step, "task_loss": loss.item(), "n_kept": int(kept.item())})
+
+    n_total = sum(s.numel() for s in masks.scores)
+    order = masks.flat_scores().argsort(descending=True)
+
+    def loss_keeping(k: int) -> float:
+        flat = torch.zeros(n_total, dtype=torch.bool)
+        flat[order[:k]] = True
+        return loss_with_masks(model, masks, masks.masks_from_flat(flat), test)
+
+    k = bisect_smallest(loss_keeping, cfg.target_loss, n_total)
+    flat = torch.zeros(n_total, dtype=torch.bool)
+    flat[order[:k]] = True
+    node_masks = {name: mask.bool() for name, mask in masks.masks_from_flat(flat).items()}
+    all_kept = {name: torch.ones(shape) for name, shape in node_shapes(model).items()}
+    none_kept = {name: torch.zeros(shape) for name, shape in node_shapes(model).items()}
+    circuit = Circuit(
+        task_name=task.name,
+        masks=node_masks,
+        ablation_values=means,
+        ablation=cfg.ablation,
+        target_loss=cfg.target_loss,
+        task_loss=loss_keeping(k),
+        full_model_loss=loss_with_masks(model, masks, all_kept, test),
+        ablated_model_loss=loss_with_masks(model, masks, none_kept, test),
+        edges=circuit_edges(model, node_masks),
+        scores={name: s.detach().clone() for name, s in zip(masks.names, masks.scores, strict=True)},
+        history=history,
+        config=asdict(cfg),
+    )
+    circuit.necessity_loss = circuit.loss(model, test, invert=True)
+    return circuit
+
+
+def bisect_smallest(loss_keeping: Callable[[int], float], target: float, n_total: int) -> int:
+    """Smallest k in [0, n_total] with loss_keeping(k) <= target, assuming the loss falls as k grows
+    (returns n_total when even the full model misses the target)."""
+    low, high = 0, n_total
+    if loss_keeping(high) > target:
+        return n_total
+    while low < high:
+        middle = (low + high) // 2
+        if loss_keeping(middle) <= target:
+            high = middle
+        else:
+            low = middle + 1
+    return low
+
+
+def sample_pretraining_tokens(model: SparseTransformer, n_rows: int, seed: int) -> Tensor:
+    """Rows of real validation text the size of the model's context, for mean ablation."""
+    from circuitlab.corpus import TokenSampler, load_token_streams
+
+    sampler = TokenSampler(load_token_streams(), "val", model.cfg.n_ctx, synthetic_fraction=0.0, seed=seed)
+    return sampler.batch(0, n_rows)

@@ -1,0 +1,110 @@
+"""Circuit: node and edge conventions, ablation hooks, the standalone pruned model, save/load."""
+
+import pytest
+import torch
+
+from circuitlab.circuit import Circuit, Node, circuit_edges
+from circuitlab.config import SparseTransformerConfig
+from circuitlab.model import SparseTransformer
+from circuitlab.prune import ablation_values, node_shapes
+from circuitlab.tasks import TaskBatch
+
+CFG = SparseTransformerConfig(n_layers=2, d_model=32, n_heads=2, d_vocab=60, n_ctx=20, seed=2)
+
+
+@pytest.fixture(scope="module")
+def model() -> SparseTransformer:
+    return SparseTransformer(CFG).eval()
+
+
+@pytest.fixture(scope="module")
+def batch() -> TaskBatch:
+    generator = torch.Generator().manual_seed(1)
+    tokens = torch.randint(1, CFG.d_vocab, (6, 12), generator=generator)
+    return TaskBatch(
+        tokens=tokens,
+        last=torch.tensor([11, 9, 11, 7, 11, 10]),
+        target=torch.tensor([3, 4, 3, 4, 3, 4]),
+        alternative=torch.tensor([4, 3, 4, 3, 4, 3]),
+    )
+
+
+def sparse_circuit(model: SparseTransformer, batch: TaskBatch) -> Circuit:
+    """A hand-made circuit: a few channels at every location of layer 1, nothing in layer 0."""
+    masks = {name: torch.zeros(shape, dtype=torch.bool) for name, shape in node_shapes(model).items()}
+    for name in masks:
+        if name.startswith("blocks.1."):
+            masks[name].view(-1)[:3] = True
+    means = ablation_values(model, "task_mean", task_batch=batch)
+    circuit = Circuit("hand_made", masks, means, "task_mean", 0.15, 0.0, 0.0, 0.0, edges=circuit_edges(model, masks))
+    circuit.task_loss = circuit.loss(model, batch)
+    circuit.necessity_loss = circuit.loss(model, batch, invert=True)
+    return circuit
+
+
+def test_nodes_and_edges_follow_the_documented_convention(model, batch):
+    with torch.no_grad():
+        model.blocks[1].mlp.W_in[1, 2] = 0.0  # a pruned weight is no edge
+    circuit = sparse_circuit(model, batch)
+    assert circuit.n_nodes == 8 * 3
+    assert circuit.nodes_by_location == dict.fromkeys(circuit.nodes_by_location, 3)
+    assert Node(1, "mlp_neuron", 2) in circuit.nodes
+    # attn_read -> q, k, v (3 x 3 x 3), v -> attn_write (3 x 3), mlp_read -> neuron (3 x 3 - 1), neuron -> mlp_write
+    assert circuit.n_edges == 27 + 9 + 8 + 9
+    kinds = {(e.source.location, e.target.location) for e in circuit.edges}
+    assert kinds == {
+        ("attn_read", "q"),
+        ("attn_read", "k"),
+        ("attn_read", "v"),
+        ("v", "attn_write"),
+        ("mlp_read", "mlp_neuron"),
+        ("mlp_neuron", "mlp_write"),
+    }
+    edge = next(e for e in circuit.edges if e.source == Node(1, "mlp_read", 0) and e.target.index == 1)
+    assert edge.weight == pytest.approx(model.blocks[1].mlp.W_in[0, 1].item())
+    assert len(circuit.qk_pairs) == 3  # q and k channels 0, 1, 2 of head 0 multiply in the score
+    # attn_write 0..2 feed mlp_read 0..2 of the same layer through the residual stream
+    assert len(circuit.residual_links) == 3
+
+
+def test_ablation_hooks_and_standalone_model_agree(model, batch):
+    circuit = sparse_circuit(model, batch)
+    masked = model.run_with_hooks(batch.tokens, fwd_hooks=circuit.hooks())
+    standalone = circuit.to_model(model)
+    torch.testing.assert_close(standalone(batch.tokens), masked, rtol=0, atol=0)
+    assert not torch.allclose(masked, model(batch.tokens))
+    _, cache = standalone.run_with_cache(batch.tokens)  # caching still works on top of the permanent hooks
+    kept = circuit.masks["blocks.0.mlp.hook_post"]
+    assert not kept.any()
+    expected = circuit.ablation_values["blocks.0.mlp.hook_post"].expand_as(cache["post", 0])
+    torch.testing.assert_close(cache["post", 0], expected)
+    torch.testing.assert_close(model(batch.tokens), model(batch.tokens))  # the original model is untouched
+    assert circuit.loss(model, batch) == pytest.approx(circuit.loss(standalone, batch))
+
+
+def test_task_mean_ablation_averages_only_real_positions(model, batch):
+    means = ablation_values(model, "task_mean", task_batch=batch)
+    _, cache = model.run_with_cache(batch.tokens)
+    real = torch.arange(12)[None] <= batch.last[:, None]
+    expected = cache["blocks.0.hook_attn_out"][real].mean(0)
+    torch.testing.assert_close(means["blocks.0.hook_attn_out"], expected)
+    zeros = ablation_values(model, "zero")
+    assert all(v.abs().sum() == 0 for v in zeros.values())
+    with pytest.raises(ValueError, match="needs pretraining_tokens"):
+        ablation_values(model, "mean")
+
+
+def test_save_and_load_round_trip(model, batch, tmp_path):
+    circuit = sparse_circuit(model, batch)
+    circuit.save(tmp_path / "c")
+    loaded = Circuit.load(tmp_path / "c")
+    assert loaded.nodes == circuit.nodes
+    assert loaded.edges == circuit.edges
+    assert loaded.summary() == circuit.summary()
+    torch.testing.assert_close(
+        loaded.to_model(model)(batch.tokens), circuit.to_model(model)(batch.tokens), rtol=0, atol=0
+    )
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        circuit.save(tmp_path / "c")
+    with pytest.raises(FileNotFoundError, match="not a saved circuit"):
+        Circuit.load(tmp_path / "missing")
