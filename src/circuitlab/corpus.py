@@ -112,10 +112,10 @@ def iter_corpus_files(split: str = "train") -> Iterator[tuple[str, str]]:
         raise ValueError(f"split must be 'train', 'val' or 'all', got {split!r}")
     entries = {entry["path"]: entry for entry in load_manifest()["files"]}
     try:
-        archive = tarfile.open(fileobj=io.BytesIO(lzma.decompress(SNAPSHOT_PATH.read_bytes())))
-    except (lzma.LZMAError, tarfile.TarError, OSError) as err:
+        archive_bytes = lzma.decompress(SNAPSHOT_PATH.read_bytes())
+    except (lzma.LZMAError, OSError) as err:
         raise ValueError(f"{SNAPSHOT_PATH} is unreadable ({err}); restore it from git or rebuild the snapshot") from err
-    with archive:
+    with tarfile.open(fileobj=io.BytesIO(archive_bytes)) as archive:
         for member in archive:
             entry = entries.get(member.name)
             if entry is None:
