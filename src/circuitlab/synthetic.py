@@ -1,7 +1,7 @@
 """Seeded generator of short Python snippets rich in the patterns the tasks ask about.
 
 Real code teaches a small model Python; these snippets make sure it also sees, often and in many variations,
-each task's pattern with its correct continuation (strings closed by either quote, lists nested 1-3 deep,
+each task's pattern with its correct continuation (strings closed by either quote, lists nested 1-2 deep,
 variables initialised as ``set()`` or a string and used lines later ...). Task instances come only from the
 *train* split of :mod:`circuitlab.tasks`, so no test prompt is ever training text. The rest is ordinary filler
 code: functions, loops, classes, dicts, comprehensions, comments.
@@ -28,7 +28,7 @@ from circuitlab.tasks import (
 TASK_SNIPPET_FRACTION = 0.75
 """Share of snippets made of task instances (optionally followed by filler code); the rest is filler."""
 
-CASE_STUDY_WEIGHT = 3
+CASE_STUDY_WEIGHT = 4
 """How much more often the paper's three case-study tasks are drawn than each other task."""
 
 CASE_STUDIES = ("single_double_quote", "bracket_counting", "set_or_string")
@@ -60,16 +60,13 @@ def _snippet(rng: random.Random) -> str:
     return filler_snippet(rng)
 
 
-def _task_weights() -> tuple[list[str], list[int]]:
-    names = tasks.names()
-    return names, [CASE_STUDY_WEIGHT if name in CASE_STUDIES else 1 for name in names]
+_TASK_WEIGHTS = [CASE_STUDY_WEIGHT if task.name in CASE_STUDIES else 1 for task in tasks.BUILTIN_TASKS]
 
 
 def task_snippet(rng: random.Random) -> str:
-    """One to three train-split instances of a random registered task, each with its correct answer and the
+    """One to three train-split instances of a random built-in task, each with its correct answer and the
     lines after it, like a file that repeats a pattern with variations."""
-    names, weights = _task_weights()
-    task = tasks.get(rng.choices(names, weights)[0])
+    task = rng.choices(tasks.BUILTIN_TASKS, _TASK_WEIGHTS)[0]
     texts = []
     for _ in range(rng.randint(1, 3)):
         side = rng.randrange(2)
@@ -172,7 +169,7 @@ def _class(rng: random.Random) -> str:
     text += "".join(f"{INDENT * 2}self.{f} = {f}\n" for f in dict.fromkeys(fields))
     for _ in range(rng.randint(1, 3)):
         text += "\n"
-        if rng.random() < 0.35:
+        if rng.random() < 0.5:
             text += f"{INDENT}@classmethod\n{INDENT}def {rng.choice(FUNCTIONS)}(cls, {pick_name(rng)}):\n"
             text += f"{INDENT * 2}return cls({literal(rng)})\n"
         else:
@@ -204,10 +201,10 @@ def _data_table(rng: random.Random) -> str:
         entries = ", ".join(f'"{key}": {literal(rng)}' for key in keys)
         lookups = "".join(f'{pick_name(rng)} = {var}["{key}"]\n' for key in keys[: rng.randint(0, 3)])
         return f"{var} = {{{entries}}}\n{lookups}"
-    if roll < 0.45:
+    if roll < 0.4:
         rows = [f"{INDENT}[{', '.join(atom(rng) for _ in range(rng.randint(1, 4)))}],\n" for _ in range(3)]
         return f"{var} = [\n{''.join(rows)}]\n"
-    if roll < 0.65:
+    if roll < 0.55:
         quote = rng.choice("'\"")
         items = ", ".join(f"{quote}{rng.choice(WORDS)}{quote}" for _ in range(rng.randint(1, 6)))
         opener, closer = rng.choice((("{", "}"), ("[", "]"), ("(", ")"), ("frozenset({", "})")))

@@ -535,8 +535,14 @@ def nested(rng: random.Random, depth: int, opener: Callable[[int], str]) -> tupl
             for _ in range(rng.choice((0, 0, 1, 1, 2, 3))):
                 inner = ", ".join(atom(rng) for _ in range(rng.randint(1, 4)))
                 parts.append(f"{opener(level + 1)}{inner}{')' if opener(level + 1).endswith('(') else ']'}, ")
-    elements = ", ".join(atom(rng) for _ in range(rng.randint(1, 6)))
+    elements = _elements(rng, rng.randint(1, 6))
     return "".join(parts) + elements, "".join(parts[:-1]) + elements
+
+
+def _elements(rng: random.Random, n: int) -> str:
+    """``n`` comma-separated atoms. A lone element is a number: a name right after a bracket would merge with it
+    into one pre-token (``[name``), so the last token alone would give the bracket away."""
+    return ", ".join(atom(rng, names_ok=n > 1) for _ in range(n))
 
 
 def _bracket_depth_pair(rng: random.Random, depth: int) -> tuple[Instance, Instance]:
@@ -578,7 +584,7 @@ def _opener_pair(rng: random.Random, openers: tuple[str, str]) -> tuple[Instance
     for _ in range(rng.randint(0, 5)):
         inner = ", ".join(atom(rng) for _ in range(rng.randint(1, 3)))
         items.append(rng.choice((atom(rng), literal(rng), f"[{inner}]", f"({inner})")))
-    items.append(atom(rng))
+    items.append(atom(rng, names_ok=bool(items)))
     body = ", ".join(items)
     rest = following(rng, indent)
     return _same_rest(rest, *(f"{head}{indent}{start}{opener}{body}" for opener in openers))
@@ -590,7 +596,7 @@ def _opener_pair(rng: random.Random, openers: tuple[str, str]) -> tuple[Instance
     "Close a literal at the end of a line with the bracket that opened it: a tuple or call `)`, a list `]`.",
 )
 def _close_tuple_or_list(rng: random.Random) -> tuple[Instance, Instance]:
-    return _opener_pair(rng, (rng.choice(("(", "(", "tuple(", f"{rng.choice(FUNCTIONS)}(")), "["))
+    return _opener_pair(rng, (rng.choice(("(", "(", f"{rng.choice(FUNCTIONS)}(")), "["))
 
 
 @_task(
@@ -789,32 +795,37 @@ def _bool_flip(rng: random.Random) -> tuple[Instance, Instance]:
 @_task(
     "compare_or_assign",
     (" ==", " ="),
-    "After a name in an `if`/`while`/`assert` condition comes ` ==`; after a name starting a statement, ` =`.",
+    "After an attribute in an `if`/`while`/`assert` condition comes ` ==`; after one starting a statement, ` =`.",
 )
 def _compare_or_assign(rng: random.Random) -> tuple[Instance, Instance]:
     head, indent = frame(rng)
-    var = pick_name(rng)
+    owner = "self" if indent == INDENT * 2 else pick_name(rng)
+    attribute = f"{owner}.{rng.choice(('count', 'name', 'state', 'mode', 'size', 'value', 'status', 'level'))}"
     keyword = rng.choice(("if ", "if ", "while ", "assert ", "elif "))
     if keyword == "elif ":
         head += f"{indent}if {pick_name(rng)}:\n{statement(rng, indent + INDENT)}"
-    value = literal(rng, {var})
+    value = literal(rng)
     compare_rest = f" {value}" + (":\n" + statement(rng, indent + INDENT) if keyword != "assert " else "\n")
-    return Instance(f"{head}{indent}{keyword}{var}", compare_rest), Instance(f"{head}{indent}{var}", f" {value}\n")
+    return (
+        Instance(f"{head}{indent}{keyword}{attribute}", compare_rest),
+        Instance(f"{head}{indent}{attribute}", f" {value}\n{following(rng, indent)}"),
+    )
 
 
 @_task(
     "for_in_or_assign",
     (" in", " ="),
-    "After `for <names>` comes ` in`; after the same names starting a statement, ` =`.",
+    "After `for a, b` comes ` in`; after the same names starting a statement (`a, b`), ` =`.",
 )
 def _for_in_or_assign(rng: random.Random) -> tuple[Instance, Instance]:
     head, indent = frame(rng)
-    names = list(dict.fromkeys(pick_name(rng) for _ in range(rng.choice((1, 1, 1, 2, 2, 3)))))
+    names: list[str] = []
+    while len(names) < rng.choice((2, 2, 3)):
+        names.append(pick_name(rng, names))
     targets = ", ".join(names)
-    if len(names) == 1:
-        source = rng.choice((pick_name(rng, names), f"range({atom(rng, names)})", f"sorted({pick_name(rng, names)})"))
-    else:
-        source = rng.choice((f"{pick_name(rng, names)}.items()", f"zip({', '.join(VARIABLES[: len(names)])})"))
+    source = rng.choice(
+        (f"{pick_name(rng, names)}.items()", f"zip({', '.join(VARIABLES[: len(names)])})", f"{pick_name(rng, names)}")
+    )
     return (
         Instance(f"{head}{indent}for {targets}", f" {source}:\n{statement(rng, indent + INDENT)}"),
         Instance(f"{head}{indent}{targets}", f" {source}\n{following(rng, indent)}"),
@@ -891,6 +902,10 @@ def _dict_items_unpack(rng: random.Random) -> tuple[Instance, Instance]:
         Instance(f"{head}{indent}for {key}, {value} in {source}", f"():\n{body}"),
         Instance(f"{head}{indent}for {value} in {source}", body),
     )
+
+
+BUILTIN_TASKS: tuple[Task, ...] = tuple(_REGISTRY.values())
+"""The tasks this module defines (the synthetic corpus draws on these only, whatever is registered later)."""
 
 
 # ----------------------------------------------------------------------------------------------- harvesting
