@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 from torch import Tensor, nn
@@ -30,10 +31,10 @@ class PruneConfig:
 
     target_loss: float = 0.15  # per-prompt binary cross-entropy the circuit must reach on held-out pairs
     ablation: str = "mean"  # "mean" over pretraining text, "zero", or "task_mean" over task prompts
-    steps: int = 150
-    pairs_per_step: int = 32  # contrast pairs per batch (two prompts each)
+    steps: int = 80
+    pairs_per_step: int = 16  # contrast pairs per batch (two prompts each)
     train_pairs: int = 512
-    test_pairs: int = 256
+    test_pairs: int = 200
     lr: float = 3e-2
     weight_decay: float = 1e-3
     beta2: float = 0.95
@@ -160,9 +161,18 @@ def select_rows(batch: TaskBatch, rows: Tensor) -> TaskBatch:
     return TaskBatch(batch.tokens[rows], batch.last[rows], batch.target[rows], batch.alternative[rows])
 
 
+def last_position_logits(model: SparseTransformer, batch: TaskBatch) -> tuple[Tensor, TaskBatch]:
+    """Logits at each prompt's last position only ([n, 1, vocab]) and the batch re-indexed to match: the
+    unembedding of every other position would be wasted work."""
+    resid = model(batch.tokens, stop_at=model.residual_sites[-1])
+    rows = torch.arange(len(batch))
+    logits = model.unembed_resid(resid[rows, batch.last][:, None], batch.tokens[rows, batch.last][:, None])
+    return logits, TaskBatch(batch.tokens, torch.zeros_like(batch.last), batch.target, batch.alternative)
+
+
 def masked_task_loss(model: SparseTransformer, masks: NodeMasks, batch: TaskBatch) -> Tensor:
-    logits = model.run_with_hooks(batch.tokens, fwd_hooks=masks.hooks())
-    return task_loss(logits, batch)
+    with model.hooks(fwd_hooks=masks.hooks()):
+        return task_loss(*last_position_logits(model, batch))
 
 
 @torch.no_grad()
@@ -273,3 +283,55 @@ def sample_pretraining_tokens(model: SparseTransformer, n_rows: int, seed: int) 
 
     sampler = TokenSampler(load_token_streams(), "val", model.cfg.n_ctx, synthetic_fraction=0.0, seed=seed)
     return sampler.batch(0, n_rows)
+
+
+@torch.no_grad()
+def loss_vs_nodes(model: SparseTransformer, circuit: Circuit, batch: TaskBatch, ks: list[int]) -> list[float]:
+    """Task loss when keeping the `k` highest-scoring nodes of `circuit`'s pruning run, for each k."""
+    masks = NodeMasks(model, circuit.ablation_values, PruneConfig())
+    for score, saved in zip(masks.scores, circuit.scores.values(), strict=True):
+        score.copy_(saved)
+    order = masks.flat_scores().argsort(descending=True)
+    losses = []
+    for k in ks:
+        flat = torch.zeros(len(order), dtype=torch.bool)
+        flat[order[:k]] = True
+        losses.append(loss_with_masks(model, masks, masks.masks_from_flat(flat), batch))
+    return losses
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Prune tasks on a checkpoint and save each circuit: the command that makes data/circuits/."""
+    import argparse
+    import json
+    import time
+
+    from circuitlab import tasks
+
+    parser = argparse.ArgumentParser(description="Prune tasks on a model and save their circuits.")
+    parser.add_argument("--model", required=True, help="checkpoint folder, e.g. data/checkpoints/sparse")
+    parser.add_argument("--out", required=True, help="folder to write one circuit folder per task into")
+    parser.add_argument("--tasks", nargs="*", default=None, help="task names (default: all)")
+    parser.add_argument("--overwrite", action="store_true", help="replace circuits that already exist")
+    parser.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE", help="PruneConfig overrides")
+    args = parser.parse_args(argv)
+    overrides = {}
+    for item in args.set:
+        field, _, value = item.partition("=")
+        overrides[field] = type(getattr(PruneConfig(), field))(value)
+    model = SparseTransformer.from_pretrained(args.model)
+    pretraining_tokens = sample_pretraining_tokens(model, PruneConfig().mean_batches * 16, seed=0)
+    for name in args.tasks or tasks.names():
+        out = Path(args.out) / name
+        if (out / "circuit.json").exists() and not args.overwrite:
+            print(f"{name}: exists, skipped (pass --overwrite to recompute)")
+            continue
+        start = time.perf_counter()
+        circuit = prune(model, tasks.get(name), pretraining_tokens=pretraining_tokens, progress=False, **overrides)
+        circuit.config["seconds"] = round(time.perf_counter() - start, 1)
+        circuit.save(out, overwrite=args.overwrite)
+        print(json.dumps({**circuit.summary(), "seconds": circuit.config["seconds"]}))
+
+
+if __name__ == "__main__":
+    main()

@@ -270,8 +270,20 @@ def train(model_cfg: SparseTransformerConfig, cfg: TrainConfig, progress: bool =
     if is_main:
         model.save_pretrained(out_dir / "model", overwrite=True)
     if world_size > 1:
-        dist.barrier()
+        record_rank_agreement(model, out_dir / "ranks.json", is_main)
     return model
+
+
+@torch.no_grad()
+def record_rank_agreement(model: SparseTransformer, path: Path, is_main: bool) -> None:
+    """Gather every rank's weight fingerprint (sums and nonzero counts per tensor) and write them, so a
+    distributed run can prove its ranks ended with identical weights and masks."""
+    fingerprint = torch.stack([torch.stack([p.double().sum(), (p != 0).sum().double()]) for p in model.parameters()])
+    gathered = [torch.zeros_like(fingerprint) for _ in range(dist.get_world_size())]
+    dist.all_gather(gathered, fingerprint)
+    if is_main:
+        path.write_text(json.dumps([g.flatten().tolist() for g in gathered]) + "\n")
+    dist.barrier()
 
 
 def write_metrics(path: Path, rows: list[dict]) -> None:
