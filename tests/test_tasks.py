@@ -247,3 +247,13 @@ def test_harvest_skips_unparsable_code_and_rejects_other_tasks():
     assert tasks.harvest_source("set_or_string", "def f(:\n") == []
     with pytest.raises(ValueError, match="harvesting exists for"):
         tasks.harvest_source("bool_flip", SOURCE)
+
+
+def test_random_label_control_keeps_prompts_and_scrambles_answers():
+    task = tasks.get("bracket_counting")
+    control = tasks.with_random_labels(task, seed=0)
+    assert control.candidates == task.candidates and control.name == "bracket_counting_random_labels"
+    pairs = control.pairs("test", 200, seed=0)
+    depth_two = [first.prompt.count("[") - first.prompt.count("]") == 2 for first, _ in pairs]
+    assert 0.3 < sum(depth_two) / len(depth_two) < 0.7  # the answer no longer follows the nesting depth
+    assert control.pairs("test", 20, seed=0) == pairs[:20]

@@ -158,7 +158,15 @@ class NodeMasks(nn.Module):
 
 
 def select_rows(batch: TaskBatch, rows: Tensor) -> TaskBatch:
-    return TaskBatch(batch.tokens[rows], batch.last[rows], batch.target[rows], batch.alternative[rows])
+    """The given rows of a batch, with the padding columns none of them needs cut off."""
+    last = batch.last[rows]
+    return TaskBatch(batch.tokens[rows, : int(last.max()) + 1], last, batch.target[rows], batch.alternative[rows])
+
+
+def length_buckets(batch: TaskBatch, n_buckets: int = 4) -> list[TaskBatch]:
+    """The batch split into groups of similar prompt length, so little compute is spent on padding."""
+    order = batch.last.argsort()
+    return [select_rows(batch, rows) for rows in order.tensor_split(min(n_buckets, len(order)))]
 
 
 def last_position_logits(model: SparseTransformer, batch: TaskBatch) -> tuple[Tensor, TaskBatch]:
@@ -176,10 +184,14 @@ def masked_task_loss(model: SparseTransformer, masks: NodeMasks, batch: TaskBatc
 
 
 @torch.no_grad()
-def loss_with_masks(model: SparseTransformer, masks: NodeMasks, fixed: dict[str, Tensor], batch: TaskBatch) -> float:
+def loss_with_masks(
+    model: SparseTransformer, masks: NodeMasks, fixed: dict[str, Tensor], buckets: list[TaskBatch]
+) -> float:
+    """Mean task loss over length buckets with the given binary node masks."""
     masks.fixed = fixed
     try:
-        return masked_task_loss(model, masks, batch).item()
+        total = sum(masked_task_loss(model, masks, bucket).item() * len(bucket) for bucket in buckets)
+        return total / sum(len(bucket) for bucket in buckets)
     finally:
         masks.fixed = None
 
@@ -206,7 +218,8 @@ def prune(
     model.eval().requires_grad_(False)
     tokenizer = model.tokenizer
     train = task.batch(tokenizer, "train", cfg.train_pairs, seed=cfg.seed, n_ctx=model.cfg.n_ctx)
-    test = task.batch(tokenizer, "test", cfg.test_pairs, seed=cfg.seed, n_ctx=model.cfg.n_ctx)
+    test_batch = task.batch(tokenizer, "test", cfg.test_pairs, seed=cfg.seed, n_ctx=model.cfg.n_ctx)
+    test = length_buckets(test_batch)
     if cfg.ablation == "mean" and pretraining_tokens is None:
         pretraining_tokens = sample_pretraining_tokens(model, cfg.mean_batches * 16, cfg.seed)
     means = ablation_values(model, cfg.ablation, pretraining_tokens, train)
@@ -258,7 +271,7 @@ def prune(
         history=history,
         config=asdict(cfg),
     )
-    circuit.necessity_loss = circuit.loss(model, test, invert=True)
+    circuit.necessity_loss = circuit.loss(model, test_batch, invert=True)
     return circuit
 
 
@@ -292,11 +305,11 @@ def loss_vs_nodes(model: SparseTransformer, circuit: Circuit, batch: TaskBatch, 
     for score, saved in zip(masks.scores, circuit.scores.values(), strict=True):
         score.copy_(saved)
     order = masks.flat_scores().argsort(descending=True)
-    losses = []
+    buckets, losses = length_buckets(batch), []
     for k in ks:
         flat = torch.zeros(len(order), dtype=torch.bool)
         flat[order[:k]] = True
-        losses.append(loss_with_masks(model, masks, masks.masks_from_flat(flat), batch))
+        losses.append(loss_with_masks(model, masks, masks.masks_from_flat(flat), buckets))
     return losses
 
 

@@ -911,6 +911,18 @@ BUILTIN_TASKS: tuple[Task, ...] = tuple(_REGISTRY.values())
 # ----------------------------------------------------------------------------------------------- harvesting
 
 
+def with_random_labels(task: Task, seed: int = 0) -> Task:
+    """A nonsense control: the same prompts as ``task``, but which prompt of a pair is answered by which
+    candidate is a coin flip, so no mechanism in any model can solve it beyond chance on held-out pairs."""
+
+    def sampler(rng: random.Random) -> tuple[Instance, Instance]:
+        first, second = task.sampler(rng)
+        flip = hashlib.sha1(f"{seed}/{first.prompt}".encode()).digest()[0] % 2
+        return (second, first) if flip else (first, second)
+
+    return Task(f"{task.name}_random_labels", f"{task.description} (labels randomised)", task.candidates, sampler)
+
+
 def harvest(name: str, split: str = "val", limit: int | None = None) -> list[Datapoint]:
     """Natural instances of a case-study task in the real-code corpus split ("train" or "val").
 

@@ -1,0 +1,103 @@
+"""How good is a model: validation loss on held-out code and accuracy on every task, templated and natural.
+
+python -m circuitlab.evaluate data/checkpoints/sparse data/checkpoints/dense --out data/checkpoints/README.md
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from circuitlab import tasks
+from circuitlab.corpus import TokenSampler, load_token_streams
+from circuitlab.model import SparseTransformer
+from circuitlab.tasks import make_batch, task_accuracy, task_loss
+
+CASE_STUDIES = ("single_double_quote", "bracket_counting", "set_or_string")
+
+
+@torch.no_grad()
+def validation_loss(model: SparseTransformer, source: str = "real", n_batches: int = 16, batch_size: int = 32) -> float:
+    """Mean next-token loss on held-out windows of real code ("real") or synthetic snippets ("synthetic")."""
+    fraction = {"real": 0.0, "synthetic": 1.0}[source]
+    sampler = TokenSampler(load_token_streams(), "val", model.cfg.n_ctx, fraction, seed=2024)
+    return sum(model(sampler.batch(i, batch_size), return_type="loss").item() for i in range(n_batches)) / n_batches
+
+
+@torch.no_grad()
+def task_scores(model: SparseTransformer, name: str, n_pairs: int = 500, batch_pairs: int = 100) -> dict[str, float]:
+    """Accuracy and mean per-prompt task loss on held-out (test split) templated pairs."""
+    task, losses, correct = tasks.get(name), [], []
+    for seed in range(n_pairs // batch_pairs):
+        batch = task.batch(model.tokenizer, "test", batch_pairs, seed=seed, n_ctx=model.cfg.n_ctx)
+        logits = model(batch.tokens)
+        losses.append(task_loss(logits, batch).item())
+        correct.append(task_accuracy(logits, batch))
+    return {"accuracy": sum(correct) / len(correct), "loss": sum(losses) / len(losses)}
+
+
+@torch.no_grad()
+def natural_scores(
+    model: SparseTransformer, name: str, split: str = "val", limit: int | None = None
+) -> dict[str, float]:
+    """Accuracy on instances harvested from held-out real code (prompts keep their last n_ctx tokens)."""
+    points = tasks.harvest(name, split=split, limit=limit)
+    accuracies, losses = [], []
+    for start in range(0, len(points), 50):
+        batch = make_batch(model.tokenizer, points[start : start + 50], n_ctx=model.cfg.n_ctx)
+        logits = model(batch.tokens)
+        accuracies.append(task_accuracy(logits, batch) * len(batch))
+        losses.append(task_loss(logits, batch, reduction="sum").item())
+    return {"accuracy": sum(accuracies) / len(points), "loss": sum(losses) / len(points), "n": len(points)}
+
+
+def report(checkpoints: list[Path], n_pairs: int) -> str:
+    """The markdown tables of data/checkpoints/README.md."""
+    models = {path.name: SparseTransformer.from_pretrained(path) for path in checkpoints}
+    overview = pd.DataFrame(
+        {
+            name: {
+                "val loss, real code": round(validation_loss(model, "real"), 3),
+                "val loss, synthetic": round(validation_loss(model, "synthetic"), 3),
+                "nonzero matrix weights": sum(int((p != 0).sum()) for p, _ in model.weight_matrices().values()),
+            }
+            for name, model in models.items()
+        }
+    ).T
+    accuracy = pd.DataFrame(
+        {name: {task: task_scores(model, task, n_pairs) for task in tasks.names()} for name, model in models.items()}
+    )
+    by_task = accuracy.map(lambda s: f"{s['accuracy']:.1%} ({s['loss']:.3f})")
+    natural = pd.DataFrame(
+        {name: {task: natural_scores(model, task) for task in CASE_STUDIES} for name, model in models.items()}
+    )
+    natural_text = natural.map(lambda s: f"{s['accuracy']:.1%} ({s['loss']:.3f}, n={s['n']})")
+    return "\n\n".join(
+        [
+            "### Validation loss (nats/token, held-out files and snippets)",
+            overview.to_markdown(),
+            f"### Accuracy (mean task loss) on {n_pairs} held-out templated pairs per task",
+            by_task.to_markdown(),
+            "### Accuracy (mean task loss) on natural instances harvested from real code",
+            natural_text.to_markdown(),
+        ]
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Evaluate checkpoints on held-out code and every task.")
+    parser.add_argument("checkpoints", nargs="+", type=Path)
+    parser.add_argument("--pairs", type=int, default=500, help="held-out pairs per task")
+    parser.add_argument("--out", type=Path, help="write the markdown here instead of printing it")
+    args = parser.parse_args(argv)
+    text = report(args.checkpoints, args.pairs)
+    if args.out:
+        args.out.write_text(text + "\n")
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
