@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+from circuitlab import SparseTransformer, SparseTransformerConfig
 from circuitlab.sparsity import l0_schedule, lr_schedule, normalize_gradients_, project_topk_, topk_mask
 
 
@@ -14,6 +15,26 @@ def test_topk_mask_keeps_exactly_the_largest_magnitudes():
     k = math.ceil(0.1 * weight.numel())
     assert mask.sum() == k
     assert weight.abs()[mask].min() >= weight.abs()[~mask].max()
+
+
+def reference_mask(weight: torch.Tensor, l0: float, residual_axis: int, min_per_unit: int) -> torch.Tensor:
+    """The rule spelled out with a full sort: global top-k united with every unit's own top-min_per_unit."""
+    k = math.ceil(l0 * weight.numel())
+    mask = torch.zeros(weight.numel(), dtype=torch.bool)
+    mask[weight.abs().flatten().argsort(descending=True)[:k]] = True
+    by_unit = weight.abs().movedim(residual_axis, -1)
+    unit_mask = torch.zeros_like(by_unit, dtype=torch.bool)
+    unit_mask.scatter_(-1, by_unit.argsort(dim=-1, descending=True)[..., :min_per_unit], True)
+    return mask.view_as(weight) | unit_mask.movedim(-1, residual_axis)
+
+
+@pytest.mark.parametrize(
+    ("shape", "axis", "l0"),
+    [((8, 32, 4), 1, 0.05), ((4, 4, 32), 2, 0.1), ((32, 64), 0, 0.02), ((64, 32), 1, 0.3), ((50, 16), 1, 0.01)],
+)
+def test_topk_mask_is_the_union_of_global_and_per_unit_topk(shape, axis, l0):
+    weight = torch.randn(shape, generator=torch.Generator().manual_seed(sum(shape)))
+    assert torch.equal(topk_mask(weight, l0, axis, min_per_unit=4), reference_mask(weight, l0, axis, 4))
 
 
 def test_every_unit_keeps_its_minimum_number_of_weights():
@@ -36,6 +57,21 @@ def test_projection_zeroes_in_place_and_pruned_weights_can_regrow():
     assert param[0, 1] == -0.9 and param[1, 3] == 0
 
 
+def test_projecting_a_model_prunes_every_weight_matrix_and_nothing_else():
+    model = SparseTransformer(SparseTransformerConfig(n_layers=1, d_model=32, n_heads=2, d_vocab=64, n_ctx=8))
+    dense_before = {name: p.clone() for name, p in model.named_parameters()}
+    nonzero = project_topk_(model, l0_hidden=0.125, l0_embed=0.5, min_per_unit=4)
+    matrices = model.weight_matrices()
+    assert nonzero == sum(int((p != 0).sum()) for p, _ in matrices.values())
+    for name, param in model.named_parameters():
+        if name in matrices:
+            expected = reference_mask(dense_before[name], 0.5 if "embed" in name else 0.125, matrices[name][1], 4)
+            assert torch.equal(param != 0, expected), name
+            assert torch.equal(param[expected], dense_before[name][expected]), name
+        else:  # biases, norms, sinks and the bigram table stay dense and untouched
+            assert torch.equal(param, dense_before[name]), name
+
+
 def test_embeddings_use_their_own_density():
     hidden = torch.nn.Parameter(torch.randn(16, 16))
     embed = torch.nn.Parameter(torch.randn(16, 16))
@@ -56,6 +92,7 @@ def test_sharkfin_learning_rate():
     assert lr_schedule(9, 1000, 1.0, 0.01, l0_now=1.0, l0_final=0.25) == pytest.approx(0.5)
     assert lr_schedule(500, 1000, 1.0, 0.01, l0_now=0.25, l0_final=0.25) == pytest.approx(500 / 990)
     assert lr_schedule(1000, 1000, 1.0, 0.01, l0_now=0.25, l0_final=0.25) == 0.0
+    assert lr_schedule(100, 1000, 2.0) == pytest.approx(2.0 * 900 / 990)  # dense: no sharkfin factor
 
 
 def test_gradients_are_rescaled_to_global_rms_one():

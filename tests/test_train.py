@@ -35,13 +35,13 @@ def test_training_learns_and_sparsifies(tmp_path):
         density = (param != 0).float().mean().item()
         limit = model_cfg.embed_l0 if name in ("embed.W_E", "unembed.W_U") else model_cfg.weight_l0
         assert density <= limit + 4 / min(param.shape) + 1e-6, name
-    saved = SparseTransformer.from_pretrained(tmp_path / "run" / "model")
+    saved = SparseTransformer.from_pretrained(tmp_path / "run")
     tokens = torch.randint(0, 1024, (2, 16))
     torch.testing.assert_close(saved(tokens), model(tokens))
 
 
 def test_resume_reaches_the_same_weights_as_an_uninterrupted_run(tmp_path, monkeypatch):
-    model_cfg, cfg = tiny(tmp_path, steps=12, checkpoint_every=5)
+    model_cfg, cfg = tiny(tmp_path, steps=12, checkpoint_every=5, log_every=1, eval_every=4)
     straight = train(model_cfg, dataclasses.replace(cfg, out_dir=str(tmp_path / "straight")), progress=False)
 
     original_batch = TokenSampler.batch
@@ -59,9 +59,13 @@ def test_resume_reaches_the_same_weights_as_an_uninterrupted_run(tmp_path, monke
     resumed = train(model_cfg, dataclasses.replace(cfg, resume=True), progress=False)
     for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values(), strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-6, msg=name)
-    assert list(pd.read_csv(tmp_path / "run" / "metrics.csv").step) == list(
-        pd.read_csv(tmp_path / "straight" / "metrics.csv").step
+    columns = ["step", "train_loss", "val_loss", "l0", "nonzero_params", "dead_neurons", "lr"]
+    pd.testing.assert_frame_equal(
+        pd.read_csv(tmp_path / "run" / "metrics.csv")[columns],
+        pd.read_csv(tmp_path / "straight" / "metrics.csv")[columns],
     )
+    with pytest.raises(ValueError, match=r"steps: 12 -> 20"):
+        train(model_cfg, dataclasses.replace(cfg, resume=True, steps=20), progress=False)
 
 
 def test_an_existing_output_folder_is_never_overwritten_silently(tmp_path):
@@ -110,7 +114,7 @@ def test_torchrun_ranks_agree_and_match_a_single_process(tmp_path):
     subprocess.run([sys.executable, *command, "--out", str(tmp_path / "single")], check=True, env=env, cwd=ROOT)
     ranks = json.loads((tmp_path / "ddp" / "ranks.json").read_text())
     assert len(ranks) == 2 and ranks[0] == ranks[1]
-    ddp = SparseTransformer.from_pretrained(tmp_path / "ddp" / "model").state_dict()
-    single = SparseTransformer.from_pretrained(tmp_path / "single" / "model").state_dict()
+    ddp = SparseTransformer.from_pretrained(tmp_path / "ddp").state_dict()
+    single = SparseTransformer.from_pretrained(tmp_path / "single").state_dict()
     for name in single:
         torch.testing.assert_close(ddp[name], single[name], rtol=1e-4, atol=1e-5, msg=name)

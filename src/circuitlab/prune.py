@@ -10,6 +10,7 @@ still applies; masks act at the node hook points, so everything here is ordinary
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -44,6 +45,7 @@ class PruneConfig:
     init_std: float = 0.01
     mean_batches: int = 4  # pretraining batches of [16, n_ctx] tokens to average for "mean" ablation
     seed: int = 0
+    skip_unsolved: bool = True  # when the full model misses the target, keep every node without training masks
 
     def __post_init__(self) -> None:
         if self.ablation not in ABLATIONS:
@@ -224,11 +226,49 @@ def prune(
         pretraining_tokens = sample_pretraining_tokens(model, cfg.mean_batches * 16, cfg.seed)
     means = ablation_values(model, cfg.ablation, pretraining_tokens, train)
     masks = NodeMasks(model, means, cfg)
+    n_total = sum(s.numel() for s in masks.scores)
 
+    @functools.cache
+    def loss_keeping(k: int) -> float:
+        """Held-out loss keeping the k highest-scoring nodes (the order is read when first called)."""
+        flat = torch.zeros(n_total, dtype=torch.bool)
+        flat[masks.flat_scores().argsort(descending=True, stable=True)[:k]] = True
+        return loss_with_masks(model, masks, masks.masks_from_flat(flat), test)
+
+    full_model_loss = loss_with_masks(model, masks, masks.masks_from_flat(torch.ones(n_total, dtype=torch.bool)), test)
+    history = []
+    if full_model_loss <= cfg.target_loss or not cfg.skip_unsolved:
+        history = train_masks(model, masks, train, cfg, progress, desc=f"prune {task.name}")
+    k = bisect_smallest(loss_keeping, cfg.target_loss, n_total)
+    flat = torch.zeros(n_total, dtype=torch.bool)
+    flat[masks.flat_scores().argsort(descending=True, stable=True)[:k]] = True
+    node_masks = {name: mask.bool() for name, mask in masks.masks_from_flat(flat).items()}
+    circuit = Circuit(
+        task_name=task.name,
+        masks=node_masks,
+        ablation_values=means,
+        ablation=cfg.ablation,
+        target_loss=cfg.target_loss,
+        task_loss=loss_keeping(k),
+        full_model_loss=full_model_loss,
+        ablated_model_loss=loss_keeping(0),
+        edges=circuit_edges(model, node_masks),
+        scores={name: s.detach().clone() for name, s in zip(masks.names, masks.scores, strict=True)},
+        history=history,
+        config=asdict(cfg),
+    )
+    circuit.necessity_loss = circuit.loss(model, test_batch, invert=True)
+    return circuit
+
+
+def train_masks(
+    model: SparseTransformer, masks: NodeMasks, train: TaskBatch, cfg: PruneConfig, progress: bool, desc: str
+) -> list[dict]:
+    """Optimise the node scores: task loss on training pairs plus the penalty per kept node."""
     optimizer = torch.optim.AdamW(masks.parameters(), lr=cfg.lr, betas=(0.9, cfg.beta2), weight_decay=cfg.weight_decay)
     generator = torch.Generator().manual_seed(cfg.seed)
     history = []
-    for step in tqdm(range(cfg.steps), desc=f"prune {task.name}", disable=not progress):
+    for step in tqdm(range(cfg.steps), desc=desc, disable=not progress):
         rows = torch.randperm(len(train) // 2, generator=generator)[: cfg.pairs_per_step]
         batch = select_rows(train, torch.cat([2 * rows, 2 * rows + 1]))
         for group in optimizer.param_groups:
@@ -242,37 +282,7 @@ def prune(
             for score in masks.scores:
                 score.clamp_(-1, 1)
         history.append({"step": step, "task_loss": loss.item(), "n_kept": int(kept.item())})
-
-    n_total = sum(s.numel() for s in masks.scores)
-    order = masks.flat_scores().argsort(descending=True)
-
-    def loss_keeping(k: int) -> float:
-        flat = torch.zeros(n_total, dtype=torch.bool)
-        flat[order[:k]] = True
-        return loss_with_masks(model, masks, masks.masks_from_flat(flat), test)
-
-    k = bisect_smallest(loss_keeping, cfg.target_loss, n_total)
-    flat = torch.zeros(n_total, dtype=torch.bool)
-    flat[order[:k]] = True
-    node_masks = {name: mask.bool() for name, mask in masks.masks_from_flat(flat).items()}
-    all_kept = {name: torch.ones(shape) for name, shape in node_shapes(model).items()}
-    none_kept = {name: torch.zeros(shape) for name, shape in node_shapes(model).items()}
-    circuit = Circuit(
-        task_name=task.name,
-        masks=node_masks,
-        ablation_values=means,
-        ablation=cfg.ablation,
-        target_loss=cfg.target_loss,
-        task_loss=loss_keeping(k),
-        full_model_loss=loss_with_masks(model, masks, all_kept, test),
-        ablated_model_loss=loss_with_masks(model, masks, none_kept, test),
-        edges=circuit_edges(model, node_masks),
-        scores={name: s.detach().clone() for name, s in zip(masks.names, masks.scores, strict=True)},
-        history=history,
-        config=asdict(cfg),
-    )
-    circuit.necessity_loss = circuit.loss(model, test_batch, invert=True)
-    return circuit
+    return history
 
 
 def bisect_smallest(loss_keeping: Callable[[int], float], target: float, n_total: int) -> int:

@@ -12,6 +12,10 @@ import math
 import torch
 from torch import Tensor, nn
 
+EMBEDDING_MATRICES = ("embed.W_E", "unembed.W_U")  # pruned to `embed_l0`; every other matrix to `weight_l0`
+
+WeightMatrices = dict[str, tuple[nn.Parameter, int]]  # name -> (matrix, axis that indexes the residual stream)
+
 
 def l0_schedule(step: int, total_steps: int, target: float, start_frac: float = 0.01, end_frac: float = 0.5) -> float:
     """Fraction of weights kept: 1 (dense) until `start_frac` of training, linear to `target` at `end_frac`."""
@@ -23,7 +27,9 @@ def l0_schedule(step: int, total_steps: int, target: float, start_frac: float = 
     return 1.0 + (target - 1.0) * (step - start) / (end - start)
 
 
-def lr_schedule(step: int, total_steps: int, lr: float, warmup_frac: float, l0_now: float, l0_final: float) -> float:
+def lr_schedule(
+    step: int, total_steps: int, lr: float, warmup_frac: float = 0.01, l0_now: float = 1.0, l0_final: float = 1.0
+) -> float:
     """Linear warm-up, linear decay to zero, times the "sharkfin" factor sqrt(l0_final / l0_now), which keeps
     the step size small while the model is still dense and lets it grow as the weights are pruned."""
     warmup = max(1, round(warmup_frac * total_steps))
@@ -41,25 +47,29 @@ def topk_mask(weight: Tensor, l0: float, residual_axis: int, min_per_unit: int) 
     mask = mask.view_as(weight)
     per_unit = min(min_per_unit, weight.shape[residual_axis])
     if per_unit > 0:
-        by_unit = magnitude.movedim(residual_axis, -1)
-        unit_mask = torch.zeros_like(by_unit, dtype=torch.bool)
-        unit_mask.scatter_(-1, by_unit.topk(per_unit, dim=-1, sorted=False).indices, True)
-        mask |= unit_mask.movedim(-1, residual_axis)
+        by_unit = mask.movedim(residual_axis, -1)  # a view: writing into it writes into `mask`
+        short = by_unit.sum(-1) < per_unit  # only the units the global top-k left short need their own top-k
+        if short.any():
+            rows = by_unit[short]
+            rows.scatter_(-1, magnitude.movedim(residual_axis, -1)[short].topk(per_unit, dim=-1).indices, True)
+            by_unit[short] = rows
     return mask
 
 
 @torch.no_grad()
 def project_topk_(
-    matrices: dict[str, tuple[nn.Parameter, int]], l0_hidden: float, l0_embed: float, min_per_unit: int
+    model_or_matrices: nn.Module | WeightMatrices, l0_hidden: float, l0_embed: float, min_per_unit: int
 ) -> int:
-    """Zero all but the kept weights of every matrix in place (embeddings use `l0_embed`); returns how many
+    """Zero all but the kept weights of every matrix in place (`topk_mask`; the embedding and unembedding use
+    `l0_embed`). Takes a model with `weight_matrices()` or that dict itself; returns how many matrix
     weights are nonzero afterwards."""
+    matrices = model_or_matrices.weight_matrices() if isinstance(model_or_matrices, nn.Module) else model_or_matrices
     nonzero = 0
     for name, (param, axis) in matrices.items():
-        l0 = l0_embed if name in ("embed.W_E", "unembed.W_U") else l0_hidden
+        l0 = l0_embed if name in EMBEDDING_MATRICES else l0_hidden
         if l0 < 1:
             param.mul_(topk_mask(param, l0, axis, min_per_unit))
-        nonzero += int((param != 0).sum())
+        nonzero += int(param.count_nonzero())
     return nonzero
 
 
@@ -68,8 +78,7 @@ def normalize_gradients_(parameters: list[nn.Parameter]) -> float:
     """Rescale all gradients together so their global root-mean-square is 1; returns the RMS before."""
     grads = [p.grad for p in parameters if p.grad is not None]
     total = sum(g.numel() for g in grads)
-    rms = math.sqrt(sum(float(g.pow(2).sum()) for g in grads) / total)
+    rms = math.sqrt(float(torch.stack([g.pow(2).sum() for g in grads]).sum()) / total)
     if rms > 0:
-        for g in grads:
-            g.div_(rms)
+        torch._foreach_div_(grads, rms)
     return rms

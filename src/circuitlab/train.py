@@ -5,8 +5,11 @@
 
 Each step: next-token loss on a batch of real and synthetic Python, gradients rescaled to global RMS 1, Adam
 (betas 0.9/0.95, eps 0.1), decoupled weight decay on the matrices, then every weight matrix projected onto
-its top-k magnitudes with k annealed from dense (`circuitlab.sparsity`). The output folder gets the final
-model, `metrics.csv`, the config, and a resumable `checkpoint/` (safetensors + JSON).
+its top-k magnitudes with k annealed from dense (`circuitlab.sparsity`).
+
+The output folder ends up as a loadable checkpoint (`SparseTransformer.from_pretrained(out_dir)`) that also
+holds `metrics.csv`, `train_config.json` and a resumable `checkpoint/` (model, Adam state, step and RNG;
+safetensors + JSON).
 """
 
 from __future__ import annotations
@@ -45,31 +48,52 @@ METRIC_FIELDS = (
     "tokens_per_s",
 )
 NO_DECAY_SUFFIXES = ("W_bigram", "sink_logits")  # and every vector: biases, norm weights
+# The TrainConfig fields that decide the weights a run reaches; a resumed run must keep them.
+TRAJECTORY_FIELDS = (
+    "steps",
+    "batch_size",
+    "lr",
+    "betas",
+    "eps",
+    "weight_decay",
+    "warmup_frac",
+    "l0_start_frac",
+    "l0_end_frac",
+    "synthetic_fraction",
+    "seed",
+)
+VAL_SEED = 12345  # validation batches are the same for every run, so runs compare on the same text
+CHECKPOINT_DIR = "checkpoint"
 
 
 @dataclass
 class TrainConfig:
-    """Optimisation settings; the defaults are the paper's recipe at CPU scale (see configs/*.yaml)."""
+    """Optimisation settings; the defaults are the paper's recipe at CPU scale (see configs/*.yaml).
+
+    `lr` is the peak rate *after* the sharkfin factor: while the model is still dense the rate is
+    lr * sqrt(weight_l0). The paper's 1.28e-2 is for 8-layer models trained on billions of tokens; 1e-2
+    trains the handbook's 2-4 layer models well in ~1000 steps of 4k tokens.
+    """
 
     steps: int = 1000
-    batch_size: int = 32
+    batch_size: int = 32  # the global batch: split across processes under torchrun
     lr: float = 1e-2
     betas: tuple[float, float] = (0.9, 0.95)
     eps: float = 0.1
-    weight_decay: float = 0.1  # decoupled: w -= weight_decay * lr * w after each step
+    weight_decay: float = 0.1  # decoupled: w -= weight_decay * lr * w after each step, on matrices only
     warmup_frac: float = 0.01
-    l0_start_frac: float = 0.01
-    l0_end_frac: float = 0.5
-    synthetic_fraction: float = 0.5
-    eval_every: int = 100
-    eval_batches: int = 4
+    l0_start_frac: float = 0.01  # L0 stays 1 (dense) until this fraction of the steps...
+    l0_end_frac: float = 0.5  # ...then falls linearly to the model's weight_l0 / embed_l0 by this one
+    synthetic_fraction: float = 0.5  # share of batch rows drawn from synthetic task-rich snippets
+    eval_every: int = 100  # steps between validation-loss and dead-neuron evaluations
+    eval_batches: int = 4  # validation batches (of batch_size rows) per evaluation
     log_every: int = 10
     checkpoint_every: int = 200
     out_dir: str = "runs/model"
-    resume: bool = False
-    overwrite: bool = False
-    device: str = "cpu"
-    seed: int = 0
+    resume: bool = False  # continue from out_dir/checkpoint
+    overwrite: bool = False  # delete a non-empty out_dir first
+    device: str = "cpu"  # "cpu" or "cuda"
+    seed: int = 0  # batches are a pure function of (seed, step)
     threads: int | None = None  # torch intra-op threads per process; None keeps torch's default
 
     @classmethod
@@ -99,7 +123,7 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> tuple[SparseTran
     return SparseTransformerConfig.from_dict(sections["model"]), TrainConfig.from_dict(sections["train"])
 
 
-# ------------------------------------------------------------------------------------------------ helpers
+# ------------------------------------------------------------------------------------------ output folder
 
 
 def prepare_out_dir(out_dir: Path, cfg: TrainConfig, is_main: bool) -> None:
@@ -116,54 +140,79 @@ def prepare_out_dir(out_dir: Path, cfg: TrainConfig, is_main: bool) -> None:
         out_dir.mkdir(parents=True, exist_ok=True)
 
 
-def make_optimizer(model: SparseTransformer, cfg: TrainConfig) -> torch.optim.Adam:
-    return torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=cfg.betas, eps=cfg.eps)
+def check_same_trajectory(saved_path: Path, cfg: TrainConfig) -> None:
+    """A resumed run must use the settings its checkpoint was trained with, or it would silently diverge."""
+    saved = json.loads(saved_path.read_text())
+    now = json.loads(json.dumps(dataclasses.asdict(cfg)))  # tuples become lists, like the saved file
+    changed = [
+        f"{name}: {saved.get(name)!r} -> {now[name]!r}" for name in TRAJECTORY_FIELDS if saved.get(name) != now[name]
+    ]
+    if changed:
+        raise ValueError(
+            f"Cannot resume {saved_path.parent}: these settings differ from the run's ({'; '.join(changed)}). "
+            "Resume with the same settings, or start a new run in another folder."
+        )
 
 
-def decayed_parameters(model: SparseTransformer) -> list[torch.nn.Parameter]:
-    """The matrices weight decay applies to (not the bigram table, biases, norms or sinks)."""
-    return [p for name, p in model.named_parameters() if p.ndim >= 2 and not name.endswith(NO_DECAY_SUFFIXES)]
+# -------------------------------------------------------------------------------------------- checkpoints
 
 
 def save_checkpoint(directory: Path, model: SparseTransformer, optimizer: torch.optim.Optimizer, step: int) -> None:
-    """Model + Adam state + step, all safetensors/JSON; written to a temporary folder, then swapped in."""
+    """Model, Adam state (keyed by parameter name), step and RNG state, all safetensors/JSON; written to a
+    temporary folder, then swapped in, so a crash never leaves a half-written checkpoint."""
     temporary = directory.with_name(directory.name + ".tmp")
     shutil.rmtree(temporary, ignore_errors=True)
     model.save_pretrained(temporary)
-    names = {id(p): name for name, p in model.named_parameters()}
-    state = {}
-    for group in optimizer.param_groups:
-        for param in group["params"]:
-            for key, value in optimizer.state.get(param, {}).items():
-                state[f"{names[id(param)]}/{key}"] = torch.as_tensor(value).clone()
+    names = [name for name, _ in model.named_parameters()]
+    state = {
+        f"{names[index]}/{key}": torch.as_tensor(value).detach().cpu().contiguous()
+        for index, fields in optimizer.state_dict()["state"].items()
+        for key, value in fields.items()
+    }
     save_file(state, temporary / "optimizer.safetensors")
+    rng = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state()
+    save_file(rng, temporary / "rng.safetensors")
     (temporary / "trainer_state.json").write_text(json.dumps({"step": step}) + "\n")
     shutil.rmtree(directory, ignore_errors=True)
     temporary.rename(directory)
 
 
 def load_checkpoint(directory: Path, model: SparseTransformer, optimizer: torch.optim.Optimizer) -> int:
-    """Restore model weights and Adam state from `save_checkpoint`; returns the step to continue from."""
+    """Restore what `save_checkpoint` wrote into `model` and `optimizer`; returns the step to continue from."""
     saved = SparseTransformer.from_pretrained(directory)
     if saved.cfg != model.cfg:
         raise ValueError(f"{directory} was trained with a different model config; resume with the same config.")
     model.load_state_dict(saved.state_dict())
-    params = dict(model.named_parameters())
+    index = {name: i for i, (name, _) in enumerate(model.named_parameters())}
+    state: dict[int, dict[str, torch.Tensor]] = {}
     for key, value in load_file(directory / "optimizer.safetensors").items():
         name, _, field = key.rpartition("/")
-        optimizer.state[params[name]][field] = value
+        state.setdefault(index[name], {})[field] = value
+    # load_state_dict moves the moments to each parameter's device and dtype
+    optimizer.load_state_dict({"state": state, "param_groups": optimizer.state_dict()["param_groups"]})
+    if (directory / "rng.safetensors").is_file():
+        rng = load_file(directory / "rng.safetensors")
+        torch.set_rng_state(rng["torch"])
+        if "cuda" in rng and torch.cuda.is_available():
+            torch.cuda.set_rng_state(rng["cuda"])
     return json.loads((directory / "trainer_state.json").read_text())["step"]
+
+
+# ------------------------------------------------------------------------------------------------ metrics
 
 
 @torch.no_grad()
 def evaluate(model: SparseTransformer, sampler: TokenSampler, cfg: TrainConfig) -> tuple[float, float]:
-    """Validation loss on fixed batches, and the fraction of MLP neurons that never fire on them."""
+    """Validation loss on fixed batches, and the fraction of MLP neurons that never fire on them (zero after
+    the activation and AbsTopK at every position of every batch)."""
     model.eval()
-    fired = torch.zeros(model.cfg.n_layers, model.cfg.d_mlp, dtype=torch.bool)
+    fired = torch.zeros(model.cfg.n_layers, model.cfg.d_mlp, dtype=torch.bool, device=cfg.device)
 
     def record(layer: int):
         def hook(post, hook):
-            fired[layer] |= (post != 0).flatten(0, 1).any(0).cpu()
+            fired[layer] |= (post != 0).flatten(0, 1).any(0)
 
         return hook
 
@@ -177,29 +226,77 @@ def evaluate(model: SparseTransformer, sampler: TokenSampler, cfg: TrainConfig) 
     return sum(losses) / len(losses), 1.0 - fired.float().mean().item()
 
 
-def read_metrics(path: Path, before_step: int) -> list[dict]:
+def read_metrics(path: Path, up_to_step: int) -> list[dict]:
+    """Rows of an earlier run's metrics up to the step its checkpoint holds (a resumed run rewrites the rest)."""
     if not path.is_file():
         return []
     with path.open() as handle:
-        return [row for row in csv.DictReader(handle) if int(row["step"]) < before_step]
+        return [row for row in csv.DictReader(handle) if int(row["step"]) <= up_to_step]
+
+
+def write_metrics(path: Path, rows: list[dict]) -> None:
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=METRIC_FIELDS)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def mean_over_ranks(value: torch.Tensor, world_size: int) -> float:
+    if world_size > 1:
+        value = value.clone()
+        dist.all_reduce(value)
+        value /= world_size
+    return value.item()
 
 
 # -------------------------------------------------------------------------------------------------- train
 
 
+def decayed_parameters(model: SparseTransformer) -> list[torch.nn.Parameter]:
+    """The matrices weight decay applies to (not the bigram table, biases, norms or sinks)."""
+    return [p for name, p in model.named_parameters() if p.ndim >= 2 and not name.endswith(NO_DECAY_SUFFIXES)]
+
+
+def training_step(
+    model: SparseTransformer,
+    optimizer: torch.optim.Optimizer,
+    tokens: torch.Tensor,
+    *,
+    lr: float,
+    l0: float,
+    l0_embed: float,
+    weight_decay: float,
+    forward: torch.nn.Module | None = None,
+) -> tuple[torch.Tensor, int]:
+    """One step of the recipe: next-token loss, backward, gradients rescaled to RMS 1, Adam at `lr`, decoupled
+    weight decay, top-k projection. `forward` is the module to call (a DDP wrapper of `model`); returns the
+    loss and the number of nonzero matrix weights."""
+    loss = (forward or model)(tokens, return_type="loss")
+    loss.backward()
+    normalize_gradients_(list(model.parameters()))
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    with torch.no_grad():
+        torch._foreach_mul_(decayed_parameters(model), 1 - weight_decay * lr)
+    return loss.detach(), project_topk_(model, l0, l0_embed, model.cfg.min_weights_per_unit)
+
+
 def train(model_cfg: SparseTransformerConfig, cfg: TrainConfig, progress: bool = True) -> SparseTransformer:
-    """Train a model with the weight-sparse recipe (dense when model_cfg.weight_l0 == embed_l0 == 1); runs
-    under torchrun with DistributedDataParallel when WORLD_SIZE > 1."""
+    """Train a model with the weight-sparse recipe (dense when weight_l0 == embed_l0 == 1 and afrac is None);
+    runs under torchrun with DistributedDataParallel when WORLD_SIZE > 1 (only rank 0 writes files)."""
     world_size = int(os.environ.get("WORLD_SIZE", 1))
     rank = int(os.environ.get("RANK", 0))
+    if cfg.batch_size % world_size:
+        raise ValueError(f"batch_size={cfg.batch_size} must be divisible by the number of processes ({world_size})")
     if world_size > 1 and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if cfg.device == "cuda" else "gloo")
     if cfg.device == "cuda" and world_size > 1:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    if cfg.batch_size % world_size:
-        raise ValueError(f"batch_size={cfg.batch_size} must be divisible by the number of processes ({world_size})")
+    torch.manual_seed(cfg.seed)
     is_main = rank == 0
     out_dir = Path(cfg.out_dir)
     prepare_out_dir(out_dir, cfg, is_main)
@@ -207,58 +304,63 @@ def train(model_cfg: SparseTransformerConfig, cfg: TrainConfig, progress: bool =
         dist.barrier()
 
     model = SparseTransformer(model_cfg).to(cfg.device)
-    optimizer = make_optimizer(model, cfg)
+    vocab_size = model.tokenizer.get_vocab_size()
+    if vocab_size > model_cfg.d_vocab:
+        raise ValueError(f"d_vocab={model_cfg.d_vocab} is smaller than the tokenizer's vocabulary ({vocab_size})")
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=cfg.betas, eps=cfg.eps)
     start_step = 0
-    if cfg.resume and (out_dir / "checkpoint").is_dir():
-        start_step = load_checkpoint(out_dir / "checkpoint", model, optimizer)
-    trainable = list(model.parameters())
-    decayed = decayed_parameters(model)
+    if cfg.resume and (out_dir / CHECKPOINT_DIR).is_dir():
+        check_same_trajectory(out_dir / "train_config.json", cfg)
+        start_step = load_checkpoint(out_dir / CHECKPOINT_DIR, model, optimizer)
     forward = torch.nn.parallel.DistributedDataParallel(model) if world_size > 1 else model
 
     streams = load_token_streams()
     train_sampler = TokenSampler(streams, "train", model_cfg.n_ctx, cfg.synthetic_fraction, cfg.seed)
-    val_sampler = TokenSampler(streams, "val", model_cfg.n_ctx, cfg.synthetic_fraction, seed=12345)
-    if is_main:
-        model_cfg.save(out_dir / "model_config.json")
-        (out_dir / "train_config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
+    val_sampler = TokenSampler(streams, "val", model_cfg.n_ctx, cfg.synthetic_fraction, VAL_SEED)
     metrics = read_metrics(out_dir / "metrics.csv", start_step) if is_main else []
+    if is_main:
+        model_cfg.save(out_dir / "config.json")
+        (out_dir / "train_config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
     local_batch = cfg.batch_size // world_size
     tokens_per_step = cfg.batch_size * model_cfg.n_ctx
     bar = tqdm(range(start_step, cfg.steps), initial=start_step, total=cfg.steps, disable=not (progress and is_main))
-    tick, ticked_steps = time.perf_counter(), 0
+    seconds, timed_steps = 0.0, 0  # training time since the last log line (evaluation and saving excluded)
     model.train()
     for step in bar:
+        started = time.perf_counter()
         l0 = l0_schedule(step, cfg.steps, model_cfg.weight_l0, cfg.l0_start_frac, cfg.l0_end_frac)
         l0_embed = l0_schedule(step, cfg.steps, model_cfg.embed_l0, cfg.l0_start_frac, cfg.l0_end_frac)
         lr = lr_schedule(step, cfg.steps, cfg.lr, cfg.warmup_frac, l0, model_cfg.weight_l0)
         tokens = train_sampler.batch(step, cfg.batch_size)[rank * local_batch : (rank + 1) * local_batch]
-        loss = forward(tokens.to(cfg.device), return_type="loss")
-        loss.backward()
-        normalize_gradients_(trainable)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        with torch.no_grad():
-            for param in decayed:
-                param.mul_(1 - cfg.weight_decay * lr)
-        nonzero = project_topk_(model.weight_matrices(), l0, l0_embed, model_cfg.min_weights_per_unit)
-        ticked_steps += 1
+        loss, nonzero = training_step(
+            model,
+            optimizer,
+            tokens.to(cfg.device),
+            lr=lr,
+            l0=l0,
+            l0_embed=l0_embed,
+            weight_decay=cfg.weight_decay,
+            forward=forward,
+        )
+        seconds += time.perf_counter() - started
+        timed_steps += 1
 
         last_step = step + 1 == cfg.steps
-        if is_main and (step % cfg.log_every == 0 or last_step):
+        log_now = step % cfg.log_every == 0 or last_step
+        train_loss = mean_over_ranks(loss, world_size) if log_now else None  # all ranks take part
+        if is_main and log_now:
             row = {
                 "step": step + 1,
                 "tokens": (step + 1) * tokens_per_step,
-                "train_loss": round(loss.item(), 4),
+                "train_loss": round(train_loss, 4),
                 "val_loss": "",
                 "l0": round(l0, 5),
                 "nonzero_params": nonzero,
                 "dead_neurons": "",
                 "lr": f"{lr:.3e}",
-                "tokens_per_s": round(ticked_steps * tokens_per_step / (time.perf_counter() - tick)),
+                "tokens_per_s": round(timed_steps * tokens_per_step / seconds),
             }
-            tick, ticked_steps = time.perf_counter(), 0
+            seconds, timed_steps = 0.0, 0
             if step % cfg.eval_every == 0 or last_step:
                 val_loss, dead = evaluate(model, val_sampler, cfg)
                 row.update(val_loss=round(val_loss, 4), dead_neurons=round(dead, 4))
@@ -266,9 +368,9 @@ def train(model_cfg: SparseTransformerConfig, cfg: TrainConfig, progress: bool =
             write_metrics(out_dir / "metrics.csv", metrics)
             bar.set_postfix(loss=row["train_loss"], l0=row["l0"], val=row["val_loss"])
         if is_main and ((step + 1) % cfg.checkpoint_every == 0 or last_step):
-            save_checkpoint(out_dir / "checkpoint", model, optimizer, step + 1)
+            save_checkpoint(out_dir / CHECKPOINT_DIR, model, optimizer, step + 1)
     if is_main:
-        model.save_pretrained(out_dir / "model", overwrite=True)
+        model.save_pretrained(out_dir, overwrite=True)
     if world_size > 1:
         record_rank_agreement(model, out_dir / "ranks.json", is_main)
     return model
@@ -286,21 +388,16 @@ def record_rank_agreement(model: SparseTransformer, path: Path, is_main: bool) -
     dist.barrier()
 
 
-def write_metrics(path: Path, rows: list[dict]) -> None:
-    with path.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=METRIC_FIELDS)
-        writer.writeheader()
-        writer.writerows(rows)
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Train a weight-sparse SparseTransformer (or its dense baseline).")
     parser.add_argument("--config", required=True, type=Path, help="YAML with model: and train: sections")
     parser.add_argument("--out", help="output folder (overrides train.out_dir)")
     parser.add_argument("--resume", action="store_true", help="continue the run in the output folder")
     parser.add_argument("--overwrite", action="store_true", help="replace the output folder")
-    parser.add_argument("--set", nargs="*", default=[], metavar="SECTION.FIELD=VALUE", help="override config values")
-    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument(
+        "--set", nargs="+", action="extend", default=[], metavar="SECTION.FIELD=VALUE", help="override config values"
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar (logs and batch jobs)")
     args = parser.parse_args(argv)
     model_cfg, cfg = load_config(args.config, args.set)
     cfg = dataclasses.replace(
