@@ -6,6 +6,7 @@ python -m circuitlab.evaluate data/checkpoints/sparse data/checkpoints/dense --o
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 import pandas as pd
@@ -54,9 +55,29 @@ def natural_scores(
     return {"accuracy": sum(accuracies) / len(points), "loss": sum(losses) / len(points), "n": len(points)}
 
 
+def provenance(checkpoint: Path) -> dict[str, object]:
+    """How a checkpoint made by `circuitlab.train` was trained, read from the files the trainer leaves."""
+    train_cfg = json.loads((checkpoint / "train_config.json").read_text())
+    model_cfg = json.loads((checkpoint / "config.json").read_text())
+    metrics = pd.read_csv(checkpoint / "metrics.csv")
+    return {
+        "layers x d_model": f"{model_cfg['n_layers']} x {model_cfg['d_model']}",
+        "weight L0 (embed L0)": f"{model_cfg['weight_l0']} ({model_cfg['embed_l0']})",
+        "AbsTopK afrac": model_cfg["afrac"],
+        "steps": train_cfg["steps"],
+        "tokens": f"{int(metrics.tokens.iloc[-1]) / 1e6:.1f} M",
+        "synthetic fraction": train_cfg["synthetic_fraction"],
+        "peak lr": train_cfg["lr"],
+        "mean tokens/s": round(metrics.tokens_per_s.mean()),
+    }
+
+
 def report(checkpoints: list[Path], n_pairs: int) -> str:
     """The markdown tables of data/checkpoints/README.md."""
     models = {path.name: SparseTransformer.from_pretrained(path) for path in checkpoints}
+    trained = pd.DataFrame(
+        {path.name: provenance(path) for path in checkpoints if (path / "train_config.json").is_file()}
+    ).T
     overview = pd.DataFrame(
         {
             name: {
@@ -77,6 +98,8 @@ def report(checkpoints: list[Path], n_pairs: int) -> str:
     natural_text = natural.map(lambda s: f"{s['accuracy']:.1%} ({s['loss']:.3f}, n={s['n']})")
     return "\n\n".join(
         [
+            "### Training (from each folder's train_config.json and metrics.csv)",
+            trained.to_markdown(),
             "### Validation loss (nats/token, held-out files and snippets)",
             overview.to_markdown(),
             f"### Accuracy (mean task loss) on {n_pairs} held-out templated pairs per task",
@@ -95,7 +118,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     text = report(args.checkpoints, args.pairs)
     if args.out:
-        args.out.write_text(text + "\n")
+        command = f"python -m circuitlab.evaluate {' '.join(map(str, args.checkpoints))} --out {args.out}"
+        header = f"# The shipped models\n\nEvaluated by `{command}`; the README says how each was trained.\n\n"
+        args.out.write_text(header + text + "\n")
     print(text)
 
 
