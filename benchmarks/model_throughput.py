@@ -1,14 +1,16 @@
 """Forward+backward throughput of the SparseTransformer against a plain GPT and TransformerLens' own model.
 
-Prints one JSON line. Usage: python benchmarks/model_throughput.py [--steps N]
-All models share one shape; 2 threads, ctx 128, batch 32, at two sizes.
+Prints one JSON line. Usage: python benchmarks/model_throughput.py [--steps N] [--rounds R]
+All models share one shape; 2 threads, ctx 128, batch 32, at two sizes; medians of interleaved rounds.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import time
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -54,22 +56,42 @@ class PlainGPT(nn.Module):
         return self.unembed(self.ln_final(x))
 
 
-def tokens_per_second(forward, params, tokens: torch.Tensor, steps: int) -> float:
-    def step():
-        logits = forward(tokens)
-        loss = F.cross_entropy(logits[:, :-1].flatten(0, 1), tokens[:, 1:].flatten())
-        loss.backward()
+def median_seconds(fn: Callable[[], object], repeats: int) -> float:
+    """Median wall time of `repeats` calls of `fn`."""
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def training_pass(model: nn.Module, tokens: torch.Tensor) -> Callable[[], None]:
+    """One forward+backward pass of next-token loss (gradients dropped afterwards)."""
+    params = list(model.parameters())
+
+    def run() -> None:
+        logits = model(tokens)
+        F.cross_entropy(logits[:, :-1].flatten(0, 1), tokens[:, 1:].flatten()).backward()
         for p in params:
             p.grad = None
 
-    step()  # warm-up
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    return tokens.numel() * steps / (time.perf_counter() - start)
+    return run
 
 
-def measure(size: dict, steps: int, batch: int, n_ctx: int) -> dict:
+def interleaved_tokens_per_second(passes: dict[str, Callable[[], None]], tokens: int, steps: int, rounds: int) -> dict:
+    """Tokens/s of each pass: rounds alternate between the models and the median is reported, so a busy
+    moment of the machine does not favour whichever model happened to run before it."""
+    for run in passes.values():
+        run()  # warm-up
+    times = {name: [] for name in passes}
+    for _ in range(rounds):
+        for name, run in passes.items():
+            times[name].append(median_seconds(run, steps))
+    return {name: round(tokens / statistics.median(values)) for name, values in times.items()}
+
+
+def measure(size: dict, steps: int, rounds: int, batch: int, n_ctx: int) -> dict:
     sparse_cfg = SparseTransformerConfig(**size, d_vocab=1024, n_ctx=n_ctx)
     dense_cfg = SparseTransformerConfig.dense_twin(sparse_cfg)
     plain_cfg = SparseTransformerConfig.dense_twin(sparse_cfg, bigram_table=False, attn_sink=False)
@@ -78,13 +100,13 @@ def measure(size: dict, steps: int, batch: int, n_ctx: int) -> dict:
     sparse = SparseTransformer(sparse_cfg)
     dense = SparseTransformer(dense_cfg)
     tl_model = to_transformer_lens(SparseTransformer(plain_cfg)).train()
-    result = {
-        "plain_gpt": tokens_per_second(plain, list(plain.parameters()), tokens, steps),
-        "dense_config": tokens_per_second(dense, list(dense.parameters()), tokens, steps),
-        "sparse_config": tokens_per_second(sparse, list(sparse.parameters()), tokens, steps),
-        "transformer_lens": tokens_per_second(tl_model, list(tl_model.parameters()), tokens, steps),
+    passes = {
+        "plain_gpt": training_pass(plain, tokens),
+        "dense_config": training_pass(dense, tokens),
+        "sparse_config": training_pass(sparse, tokens),
+        "transformer_lens": training_pass(tl_model, tokens),
     }
-    result = {name: round(value) for name, value in result.items()}
+    result = interleaved_tokens_per_second(passes, tokens.numel(), steps, rounds)
     result["dense_vs_plain"] = round(result["dense_config"] / result["plain_gpt"], 3)
     result["sparse_vs_plain"] = round(result["sparse_config"] / result["plain_gpt"], 3)
     result["n_params"] = sum(p.numel() for p in sparse.parameters())
@@ -93,7 +115,8 @@ def measure(size: dict, steps: int, batch: int, n_ctx: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=5, help="timed passes per model per round")
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--n-ctx", type=int, default=128)
     parser.add_argument("--threads", type=int, default=2)
@@ -109,7 +132,7 @@ def main() -> None:
         "torch": torch.__version__,
     }
     for name, size in SIZES.items():
-        report[name] = measure(size, args.steps, args.batch, args.n_ctx)
+        report[name] = measure(size, args.steps, args.rounds, args.batch, args.n_ctx)
     print(json.dumps(report))
 
 

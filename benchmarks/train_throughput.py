@@ -21,8 +21,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -33,18 +31,9 @@ from circuitlab.sparsity import lr_schedule, project_topk_
 from circuitlab.train import load_config, training_step
 
 sys.path.insert(0, str(Path(__file__).parent))
-from model_throughput import PlainGPT  # noqa: E402  (the same plain GPT the model benchmark uses)
+from model_throughput import PlainGPT, median_seconds  # noqa: E402  (shared with the model benchmark)
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def median_seconds(fn: Callable[[], object], repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def matmul_peak_flops(size: int = 2048, repeats: int = 5) -> float:

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from circuitlab.circuit import Circuit, Node, circuit_edges
+from circuitlab.circuit import Circuit, Node, circuit_edges, size_comparison
 from circuitlab.config import SparseTransformerConfig
 from circuitlab.model import SparseTransformer
 from circuitlab.prune import ablation_values, node_shapes
@@ -97,10 +97,18 @@ def test_task_mean_ablation_averages_only_real_positions(model, batch):
 def test_save_and_load_round_trip(model, batch, tmp_path):
     circuit = sparse_circuit(model, batch)
     circuit.save(tmp_path / "c")
-    loaded = Circuit.load(tmp_path / "c")
+    loaded = Circuit.load(tmp_path / "c", model)
     assert loaded.nodes == circuit.nodes
     assert loaded.edges == circuit.edges
     assert loaded.summary() == circuit.summary()
+    without_model = Circuit.load(tmp_path / "c")  # edges are recomputed from weights, not stored
+    assert without_model.edges is None and without_model.summary() == circuit.summary()
+    other = SparseTransformer(SparseTransformerConfig(**{**CFG.to_dict(), "seed": 3}))
+    with pytest.raises(ValueError, match="pruned on a different model"):
+        Circuit.load(tmp_path / "c", other)
+    wider = SparseTransformer(SparseTransformerConfig(**{**CFG.to_dict(), "d_model": 48, "n_heads": 3}))
+    with pytest.raises(ValueError, match="does not fit this model"):
+        Circuit.load(tmp_path / "c", wider)
     torch.testing.assert_close(
         loaded.to_model(model)(batch.tokens), circuit.to_model(model)(batch.tokens), rtol=0, atol=0
     )
@@ -108,3 +116,26 @@ def test_save_and_load_round_trip(model, batch, tmp_path):
         circuit.save(tmp_path / "c")
     with pytest.raises(FileNotFoundError, match="not a saved circuit"):
         Circuit.load(tmp_path / "missing")
+
+
+def counted_circuit(name: str, n_nodes: int, n_edges: int, task_loss: float) -> Circuit:
+    mask = torch.zeros(64, dtype=torch.bool)
+    mask[:n_nodes] = True
+    return Circuit(name, {"blocks.0.mlp.hook_post": mask}, {}, "mean", 0.15, task_loss, 0.0, 0.7, saved_n_edges=n_edges)
+
+
+def test_size_comparison_is_the_geometric_mean_over_tasks_both_models_solve():
+    sparse = {
+        "a": counted_circuit("a", 2, 10, 0.1),
+        "b": counted_circuit("b", 4, 20, 0.1),
+        "c": counted_circuit("c", 1, 1, 0.1),
+    }
+    dense = {
+        "a": counted_circuit("a", 8, 40, 0.1),
+        "b": counted_circuit("b", 8, 1280, 0.1),
+        "c": counted_circuit("c", 64, 9, 0.5),
+    }
+    table, ratio = size_comparison(sparse, dense)
+    assert list(table.solved) == [True, True, False]  # the dense model misses the target on "c"
+    assert list(table.edge_ratio) == [4.0, 64.0, 9.0] and list(table.node_ratio) == [4.0, 2.0, 64.0]
+    assert ratio == pytest.approx(16.0)  # sqrt(4 * 64): "c" is left out

@@ -43,7 +43,8 @@ def test_notebook_executes_with_smoke(notebook, tmp_path):
 
 
 def test_unknown_parameter_is_a_clear_error(tmp_path):
-    nb = nbformat.v4.new_notebook()
+    kernelspec = {"name": "python3", "language": "python", "display_name": "Python 3"}  # as Jupyter saves it
+    nb = nbformat.v4.new_notebook(metadata={"kernelspec": kernelspec})
     nb.cells = [nbformat.v4.new_code_cell("smoke = False\nsteps = 3", metadata={"tags": ["parameters"]})]
     nb.cells.append(nbformat.v4.new_code_cell("result = steps * 2\nprint(result)"))
     path = tmp_path / "99_toy.ipynb"

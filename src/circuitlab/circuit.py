@@ -9,6 +9,10 @@ weights between kept nodes, exactly:
 * `mlp_read` channel c -> neuron n: `W_in[c, n] != 0`
 * neuron n -> `mlp_write` channel m: `W_out[n, m] != 0`
 
+Edges are a function of the model's weights and the node masks, so a saved circuit stores only the masks
+(and the edge count): `Circuit.load(path, model)` recomputes the edges and checks the count, which also
+catches a circuit loaded with the wrong model.
+
 Two further kinds of link are reported but not counted as edges, because no single weight carries them:
 a q channel and the k channel with the same (head, dim) multiply in the attention score (`qk_pairs`), and a
 write channel m feeds every later read of residual channel m through the residual stream (`residual_links`).
@@ -33,7 +37,7 @@ from circuitlab.model import NODE_LOCATIONS, SparseTransformer
 LOCATION_OF_HOOK = {template.split("{layer}.")[1]: location for location, template in NODE_LOCATIONS.items()}
 READ_LOCATIONS = ("attn_read", "mlp_read")
 WRITE_LOCATIONS = ("attn_write", "mlp_write")
-CIRCUIT_FORMAT_VERSION = 1
+CIRCUIT_FORMAT_VERSION = 2
 
 
 class Node(NamedTuple):
@@ -63,6 +67,26 @@ def sublayer_order(node: Node) -> float:
     return node.layer * len(order) + order.index(node.location)
 
 
+def node_shapes(model: SparseTransformer) -> dict[str, tuple[int, ...]]:
+    """Hook name -> shape of its node mask (the trailing, per-channel dims of the activation)."""
+    cfg = model.cfg
+    widths = {
+        "attn_read": (cfg.d_model,),
+        "q": (cfg.n_heads, cfg.d_head),
+        "k": (cfg.n_heads, cfg.d_head),
+        "v": (cfg.n_heads, cfg.d_head),
+        "attn_write": (cfg.d_model,),
+        "mlp_read": (cfg.d_model,),
+        "mlp_neuron": (cfg.d_mlp,),
+        "mlp_write": (cfg.d_model,),
+    }
+    return {
+        template.format(layer=layer): widths[location]
+        for layer in range(cfg.n_layers)
+        for location, template in NODE_LOCATIONS.items()
+    }
+
+
 @dataclass
 class Circuit:
     """A task's circuit in one model: node masks per hook, the constants pruned nodes are replaced by,
@@ -77,7 +101,8 @@ class Circuit:
     full_model_loss: float
     ablated_model_loss: float  # every node ablated
     necessity_loss: float = float("nan")  # only the circuit's nodes ablated
-    edges: list[Edge] = field(default_factory=list)
+    edges: list[Edge] | None = None  # None for a circuit loaded without its model
+    saved_n_edges: int | None = None  # the edge count a saved circuit records
     scores: dict[str, Tensor] = field(default_factory=dict)
     history: list[dict] = field(default_factory=list)
     config: dict = field(default_factory=dict)
@@ -98,7 +123,7 @@ class Circuit:
 
     @property
     def n_edges(self) -> int:
-        return len(self.edges)
+        return len(self.edges) if self.edges is not None else self.saved_n_edges
 
     @property
     def nodes_by_location(self) -> dict[str, int]:
@@ -182,8 +207,8 @@ class Circuit:
             "format_version": CIRCUIT_FORMAT_VERSION,
             **{k: getattr(self, k) for k in ("task_name", "ablation", "target_loss", "task_loss")},
             **{k: getattr(self, k) for k in ("full_model_loss", "ablated_model_loss", "necessity_loss")},
+            "n_edges": self.n_edges,
             "summary": self.summary(),
-            "edges": [[str(e.source), str(e.target), e.weight] for e in self.edges],
             "history": self.history,
             "config": self.config,
         }
@@ -191,7 +216,8 @@ class Circuit:
         return directory
 
     @classmethod
-    def load(cls, directory: str | Path) -> Circuit:
+    def load(cls, directory: str | Path, model: SparseTransformer | None = None) -> Circuit:
+        """Load a saved circuit; with the `model` it was pruned on, its edges are recomputed (and checked)."""
         directory = Path(directory)
         for name in ("circuit.json", "circuit.safetensors"):
             if not (directory / name).is_file():
@@ -204,9 +230,22 @@ class Circuit:
         def group(prefix: str) -> dict[str, Tensor]:
             return {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
 
+        masks = {k: v.bool() for k, v in group("mask/").items()}
+        edges = None
+        if model is not None:
+            expected = node_shapes(model)
+            found = {name: tuple(mask.shape) for name, mask in masks.items()}
+            if found != expected:
+                raise ValueError(f"{directory} does not fit this model: its node masks differ in names or shapes.")
+            edges = circuit_edges(model, masks)
+            if len(edges) != meta["n_edges"]:
+                raise ValueError(
+                    f"{directory} was pruned on a different model: it records {meta['n_edges']} edges, this "
+                    f"model's weights give {len(edges)}. Load it with the checkpoint it was pruned on."
+                )
         return cls(
             task_name=meta["task_name"],
-            masks={k: v.bool() for k, v in group("mask/").items()},
+            masks=masks,
             ablation_values=group("ablation/"),
             ablation=meta["ablation"],
             target_loss=meta["target_loss"],
@@ -214,16 +253,12 @@ class Circuit:
             full_model_loss=meta["full_model_loss"],
             ablated_model_loss=meta["ablated_model_loss"],
             necessity_loss=meta["necessity_loss"],
-            edges=[Edge(parse_node(s), parse_node(t), w) for s, t, w in meta["edges"]],
+            edges=edges,
+            saved_n_edges=meta["n_edges"],
             scores=group("score/"),
             history=meta["history"],
             config=meta["config"],
         )
-
-
-def parse_node(label: str) -> Node:
-    layer, location, index = label.split(".")
-    return Node(int(layer[1:]), location, int(index))
 
 
 def circuit_edges(model: SparseTransformer, masks: dict[str, Tensor]) -> list[Edge]:
@@ -249,9 +284,11 @@ def circuit_edges(model: SparseTransformer, masks: dict[str, Tensor]) -> list[Ed
     return edges
 
 
-def load_circuits(directory: str | Path) -> dict[str, Circuit]:
-    """Every circuit saved under `directory` (one folder per task), keyed by task name."""
-    return {path.parent.name: Circuit.load(path.parent) for path in sorted(Path(directory).glob("*/circuit.json"))}
+def load_circuits(directory: str | Path, model: SparseTransformer | None = None) -> dict[str, Circuit]:
+    """Every circuit saved under `directory` (one folder per task), keyed by task name (see `Circuit.load`)."""
+    return {
+        path.parent.name: Circuit.load(path.parent, model) for path in sorted(Path(directory).glob("*/circuit.json"))
+    }
 
 
 def size_comparison(sparse: dict[str, Circuit], dense: dict[str, Circuit]) -> tuple[pd.DataFrame, float]:
@@ -273,6 +310,7 @@ def size_comparison(sparse: dict[str, Circuit], dense: dict[str, Circuit]) -> tu
     table = pd.DataFrame(rows)
     if table.empty:
         return table, float("nan")
+    table["node_ratio"] = table.dense_nodes / table.sparse_nodes.clip(lower=1)
     table["edge_ratio"] = table.dense_edges / table.sparse_edges.clip(lower=1)
     solved = table[table.solved]
     ratio = float(np.exp(np.log(solved.edge_ratio).mean())) if len(solved) else float("nan")

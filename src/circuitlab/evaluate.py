@@ -55,6 +55,10 @@ def natural_scores(
     return {"accuracy": sum(accuracies) / len(points), "loss": sum(losses) / len(points), "n": len(points)}
 
 
+def nonzero_weights(model: SparseTransformer) -> int:
+    return sum(int(weight.count_nonzero()) for weight, _ in model.weight_matrices().values())
+
+
 def provenance(checkpoint: Path) -> dict[str, object]:
     """How a checkpoint made by `circuitlab.train` was trained, read from the files the trainer leaves."""
     train_cfg = json.loads((checkpoint / "train_config.json").read_text())
@@ -83,7 +87,7 @@ def report(checkpoints: list[Path], n_pairs: int) -> str:
             name: {
                 "val loss, real code": round(validation_loss(model, "real"), 3),
                 "val loss, synthetic": round(validation_loss(model, "synthetic"), 3),
-                "nonzero matrix weights": sum(int((p != 0).sum()) for p, _ in model.weight_matrices().values()),
+                "nonzero matrix weights": f"{nonzero_weights(model):,}",
             }
             for name, model in models.items()
         }

@@ -26,6 +26,11 @@ def circuit_graph(circuit: Circuit) -> nx.DiGraph:
     graph = nx.DiGraph()
     for node in circuit.nodes:
         graph.add_node(node, location=node.location, layer=node.layer)
+    if circuit.edges is None:
+        raise ValueError(
+            f"The {circuit.task_name} circuit was loaded without its model, so it has no edges to draw: "
+            "load it with Circuit.load(path, model)."
+        )
     for edge in circuit.edges:
         graph.add_edge(edge.source, edge.target, weight=edge.weight, kind="weight")
     for q, k in circuit.qk_pairs:

@@ -19,8 +19,8 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from circuitlab.circuit import Circuit, circuit_edges
-from circuitlab.model import NODE_LOCATIONS, SparseTransformer
+from circuitlab.circuit import Circuit, circuit_edges, node_shapes
+from circuitlab.model import SparseTransformer
 from circuitlab.tasks import Task, TaskBatch, task_loss
 
 ABLATIONS = ("mean", "zero", "task_mean")
@@ -68,26 +68,6 @@ class HeavisideSigmoidGrad(torch.autograd.Function):
         (scores,) = ctx.saved_tensors
         sigmoid = scores.sigmoid()
         return grad * sigmoid * (1 - sigmoid)
-
-
-def node_shapes(model: SparseTransformer) -> dict[str, tuple[int, ...]]:
-    """Hook name -> shape of its node mask (the trailing, per-channel dims of the activation)."""
-    cfg = model.cfg
-    widths = {
-        "attn_read": (cfg.d_model,),
-        "q": (cfg.n_heads, cfg.d_head),
-        "k": (cfg.n_heads, cfg.d_head),
-        "v": (cfg.n_heads, cfg.d_head),
-        "attn_write": (cfg.d_model,),
-        "mlp_read": (cfg.d_model,),
-        "mlp_neuron": (cfg.d_mlp,),
-        "mlp_write": (cfg.d_model,),
-    }
-    return {
-        template.format(layer=layer): widths[location]
-        for layer in range(cfg.n_layers)
-        for location, template in NODE_LOCATIONS.items()
-    }
 
 
 @torch.no_grad()
@@ -342,7 +322,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--set", nargs="+", action="extend", default=[], metavar="FIELD=VALUE", help="PruneConfig overrides"
     )
+    parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's own choice)")
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     defaults, overrides = asdict(PruneConfig()), {}
     for item in args.set:
         field, _, value = item.partition("=")
