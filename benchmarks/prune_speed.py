@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from pathlib import Path
 
 import torch
 
@@ -19,7 +20,7 @@ from circuitlab.prune import PruneConfig, sample_pretraining_tokens
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default=str(CHECKPOINTS_DIR / "sparse"))
+    parser.add_argument("--model", default=str(CHECKPOINTS_DIR / "sparse"), help="checkpoint folder")
     parser.add_argument("--tasks", nargs="*", default=["single_double_quote", "bracket_counting", "set_or_string"])
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
@@ -30,7 +31,7 @@ def main() -> None:
     report = {
         "benchmark": "prune_speed",
         "threads": args.threads,
-        "model": args.model,
+        "model": Path(args.model).name,
         "mean_ablation_setup_s": round(time.perf_counter() - start, 1),
         "steps": PruneConfig().steps,
         "tasks": {},
