@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from circuitlab.circuit import Circuit, Node, circuit_edges, size_comparison
+from circuitlab.circuit import Circuit, Node, circuit_edges, parse_hook, size_comparison
 from circuitlab.config import SparseTransformerConfig
 from circuitlab.model import SparseTransformer
 from circuitlab.prune import ablation_values, node_shapes
@@ -139,3 +139,28 @@ def test_size_comparison_is_the_geometric_mean_over_tasks_both_models_solve():
     assert list(table.solved) == [True, True, False]  # the dense model misses the target on "c"
     assert list(table.edge_ratio) == [4.0, 64.0, 9.0] and list(table.node_ratio) == [4.0, 2.0, 64.0]
     assert ratio == pytest.approx(16.0)  # sqrt(4 * 64): "c" is left out
+
+
+def test_ranked_nodes_put_the_highest_pruning_score_first(model, batch):
+    circuit = sparse_circuit(model, batch)
+    circuit.scores = {
+        name: torch.rand(mask.shape, generator=torch.Generator().manual_seed(0)) for name, mask in circuit.masks.items()
+    }
+    ranked = circuit.ranked_nodes()
+    assert sorted(ranked) == sorted(circuit.nodes)
+    hook_of = {parse_hook(name): name for name in circuit.masks}
+    scores = [circuit.scores[hook_of[n.layer, n.location]].flatten()[n.index].item() for n in ranked]
+    assert scores == sorted(scores, reverse=True) and len(set(scores)) > 1
+
+
+def test_node_explorer_lists_the_budgeted_nodes_and_shows_one(model, batch):
+    from circuitlab.explorer import node_explorer
+
+    circuit = sparse_circuit(model, batch)
+    circuit.scores = {name: mask.float() for name, mask in circuit.masks.items()}
+    box = node_explorer(model, {"hand_made": circuit}, {"hand_made": batch}, batch.tokens)
+    task_picker, budget, node_picker = box.children[0].children
+    assert budget.max == circuit.n_nodes and len(node_picker.options) == min(20, circuit.n_nodes)
+    budget.value = 3
+    assert [node for _, node in node_picker.options] == circuit.ranked_nodes()[:3]
+    node_picker.value = node_picker.options[-1][1]  # redraws without error

@@ -117,6 +117,13 @@ class Circuit:
             nodes += [Node(layer, location, int(i)) for i in mask.flatten().nonzero().flatten()]
         return sorted(nodes, key=lambda node: (sublayer_order(node), node.index))
 
+    def ranked_nodes(self) -> list[Node]:
+        """The circuit's nodes, highest pruning score (most needed) first; in node order without scores."""
+        if not self.scores:
+            return self.nodes
+        hook_of = {parse_hook(name): name for name in self.masks}
+        return sorted(self.nodes, key=lambda n: -self.scores[hook_of[n.layer, n.location]].flatten()[n.index].item())
+
     @property
     def n_nodes(self) -> int:
         return int(sum(mask.sum() for mask in self.masks.values()))

@@ -43,14 +43,22 @@ def top_activating_snippets(
 def node_explorer(
     model: SparseTransformer, circuits: dict[str, Circuit], batches: dict[str, TaskBatch], corpus_tokens: Tensor
 ) -> widgets.VBox:
-    """Pick a task and one of its circuit's nodes: see the node's activation at the last position of the
-    task's prompts (split by the correct answer) and the real code that activates it most."""
+    """Pick a task, a budget (how many of its circuit's nodes to list, highest pruning score first) and a
+    node: see the node's activation at the last position of the task's prompts (split by the correct
+    answer) and the real code that activates it most."""
     task_picker = widgets.Dropdown(options=sorted(circuits), description="task")
+    budget = widgets.IntSlider(value=20, min=1, max=20, description="budget")
     node_picker = widgets.Dropdown(description="node")
     output = widgets.Output()
 
+    def refresh_budget(*_):
+        budget.max = max(1, circuits[task_picker.value].n_nodes)
+        budget.value = min(20, budget.max)
+        refresh_nodes()
+
     def refresh_nodes(*_):
-        node_picker.options = [(str(node), node) for node in circuits[task_picker.value].nodes]
+        ranked = circuits[task_picker.value].ranked_nodes()[: budget.value]
+        node_picker.options = [(str(node), node) for node in ranked]
 
     def show(*_):
         output.clear_output(wait=True)
@@ -69,10 +77,11 @@ def node_explorer(
             for value, snippet in top_activating_snippets(model, node, corpus_tokens):
                 print(f"{value:+.3f}  {snippet!r}")
 
-    task_picker.observe(refresh_nodes, names="value")
+    task_picker.observe(refresh_budget, names="value")
+    budget.observe(refresh_nodes, names="value")
     node_picker.observe(show, names="value")
-    refresh_nodes()
-    box = widgets.VBox([widgets.HBox([task_picker, node_picker]), output])
+    refresh_budget()
+    box = widgets.VBox([widgets.HBox([task_picker, budget, node_picker]), output])
     display(box)
     show()
     return box
