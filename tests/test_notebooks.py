@@ -1,5 +1,6 @@
 """Every chapter runs end to end under papermill with smoke=True; parameters are checked before running."""
 
+import os
 import subprocess
 import sys
 
@@ -7,6 +8,7 @@ import nbformat
 import pytest
 
 from circuitlab.handbook import chapters, check_parameters, run_notebook
+from circuitlab.paths import FIGURES_ENV
 
 CHAPTERS = chapters()
 
@@ -29,6 +31,8 @@ def test_committed_without_outputs_and_with_a_smoke_parameter(notebook):
 def test_notebook_executes_with_smoke(notebook, tmp_path):
     executed = run_notebook(notebook, {"smoke": True}, tmp_path)
     nb = nbformat.read(executed, as_version=4)
+    if "save_figure(" in notebook.read_text():  # smoke figures never replace the committed full-run ones
+        assert list((tmp_path / "figures").glob("*.png"))
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.output_type == "error"]
     assert not errors
     if any("NBVAL_CHECK_OUTPUT" in cell.source for cell in nb.cells if cell.cell_type == "code"):
@@ -38,6 +42,7 @@ def test_notebook_executes_with_smoke(notebook, tmp_path):
             cwd=notebook.parent,
             capture_output=True,
             text=True,
+            env={**os.environ, FIGURES_ENV: str(tmp_path / "figures")},
         )
         assert result.returncode == 0, result.stdout[-3000:]
 

@@ -12,14 +12,17 @@ notebooks are never written.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import papermill
 import yaml
 
-from circuitlab.paths import REPO_ROOT
+from circuitlab.paths import FIGURES_ENV, REPO_ROOT
 
 NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
 
@@ -54,21 +57,41 @@ def check_parameters(notebook: Path, parameters: dict[str, Any]) -> None:
 
 
 def run_notebook(notebook: Path, parameters: dict[str, Any], output_dir: Path) -> Path:
-    """Execute `notebook` with `parameters` into `output_dir` (working directory: the notebook's folder)."""
+    """Execute `notebook` with `parameters` into `output_dir` (working directory: the notebook's folder).
+
+    A smoke run's figures go to `output_dir/figures`, so it never replaces the committed full-run figures.
+    """
     check_parameters(notebook, parameters)
     output_dir.mkdir(parents=True, exist_ok=True)
     output = output_dir / notebook.name
     if output.resolve() == notebook.resolve():
         raise ValueError(f"Refusing to overwrite the source notebook {notebook}; choose another output folder.")
-    papermill.execute_notebook(
-        str(notebook),
-        str(output),
-        parameters=parameters,
-        cwd=str(notebook.parent),
-        kernel_name="python3",
-        progress_bar=False,
-    )
+    figures = {FIGURES_ENV: str(output_dir / "figures")} if parameters.get("smoke") else {}
+    with environment(figures):  # the kernel inherits this process's environment
+        papermill.execute_notebook(
+            str(notebook),
+            str(output),
+            parameters=parameters,
+            cwd=str(notebook.parent),
+            kernel_name="python3",
+            progress_bar=False,
+        )
     return output
+
+
+@contextlib.contextmanager
+def environment(variables: dict[str, str]) -> Iterator[None]:
+    """Set environment variables for the duration of the block, then restore them."""
+    saved = {name: os.environ.get(name) for name in variables}
+    os.environ.update(variables)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def parse_value(text: str) -> Any:
