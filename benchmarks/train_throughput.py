@@ -98,7 +98,10 @@ def main() -> None:
         sparse_times.append(median_seconds(sparse_step, args.steps))
         plain_times.append(median_seconds(plain_step, args.steps))
         projection_times.append(
-            median_seconds(lambda: project_topk_(sparse, l0, l0_embed, model_cfg.min_weights_per_unit), args.steps)
+            median_seconds(
+                lambda: project_topk_(sparse.weight_matrices(), l0, l0_embed, model_cfg.min_weights_per_unit),
+                args.steps,
+            )
         )
     sparse_seconds, plain_seconds = statistics.median(sparse_times), statistics.median(plain_times)
     peak = matmul_peak_flops()

@@ -60,7 +60,7 @@ def test_projection_zeroes_in_place_and_pruned_weights_can_regrow():
 def test_projecting_a_model_prunes_every_weight_matrix_and_nothing_else():
     model = SparseTransformer(SparseTransformerConfig(n_layers=1, d_model=32, n_heads=2, d_vocab=64, n_ctx=8))
     dense_before = {name: p.clone() for name, p in model.named_parameters()}
-    nonzero = project_topk_(model, l0_hidden=0.125, l0_embed=0.5, min_per_unit=4)
+    nonzero = project_topk_(model.weight_matrices(), l0_hidden=0.125, l0_embed=0.5, min_per_unit=4)
     matrices = model.weight_matrices()
     assert nonzero == sum(int((p != 0).sum()) for p, _ in matrices.values())
     for name, param in model.named_parameters():

@@ -12,12 +12,11 @@ notebooks are never written.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import papermill
 import yaml
@@ -67,7 +66,7 @@ def run_notebook(notebook: Path, parameters: dict[str, Any], output_dir: Path) -
     if output.resolve() == notebook.resolve():
         raise ValueError(f"Refusing to overwrite the source notebook {notebook}; choose another output folder.")
     figures = {FIGURES_ENV: str(output_dir / "figures")} if parameters.get("smoke") else {}
-    with environment(figures):  # the kernel inherits this process's environment
+    with mock.patch.dict(os.environ, figures):  # the kernel inherits this process's environment
         papermill.execute_notebook(
             str(notebook),
             str(output),
@@ -77,21 +76,6 @@ def run_notebook(notebook: Path, parameters: dict[str, Any], output_dir: Path) -
             progress_bar=False,
         )
     return output
-
-
-@contextlib.contextmanager
-def environment(variables: dict[str, str]) -> Iterator[None]:
-    """Set environment variables for the duration of the block, then restore them."""
-    saved = {name: os.environ.get(name) for name in variables}
-    os.environ.update(variables)
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
 
 
 def parse_value(text: str) -> Any:

@@ -23,14 +23,14 @@ LOCATION_COLORS = {
 
 def circuit_graph(circuit: Circuit) -> nx.DiGraph:
     """The circuit as a graph: weight edges (kind "weight"), q·k pairs ("qk") and residual links ("residual")."""
-    graph = nx.DiGraph()
-    for node in circuit.nodes:
-        graph.add_node(node, location=node.location, layer=node.layer)
     if circuit.edges is None:
         raise ValueError(
             f"The {circuit.task_name} circuit was loaded without its model, so it has no edges to draw: "
             "load it with Circuit.load(path, model)."
         )
+    graph = nx.DiGraph()
+    for node in circuit.nodes:
+        graph.add_node(node, location=node.location, layer=node.layer)
     for edge in circuit.edges:
         graph.add_edge(edge.source, edge.target, weight=edge.weight, kind="weight")
     for q, k in circuit.qk_pairs:

@@ -134,12 +134,13 @@ class NodeMasks(nn.Module):
     def flat_scores(self) -> Tensor:
         return torch.cat([s.detach().flatten() for s in self.scores])
 
-    def masks_from_flat(self, flat_keep: Tensor) -> dict[str, Tensor]:
-        masks, offset = {}, 0
-        for name, score in zip(self.names, self.scores, strict=True):
-            masks[name] = flat_keep[offset : offset + score.numel()].view(score.shape).float()
-            offset += score.numel()
-        return masks
+    def highest(self, k: int) -> dict[str, Tensor]:
+        """Binary masks (hook name -> 0/1) keeping the k highest-scoring nodes; ties keep their node order."""
+        flat = self.flat_scores()
+        keep = torch.zeros(len(flat))
+        keep[flat.argsort(descending=True, stable=True)[:k]] = 1.0
+        parts = keep.split([score.numel() for score in self.scores])
+        return {name: part.view(score.shape) for name, part, score in zip(self.names, parts, self.scores, strict=True)}
 
 
 def select_rows(batch: TaskBatch, rows: Tensor) -> TaskBatch:
@@ -213,19 +214,16 @@ def prune(
 
     @functools.cache
     def loss_keeping(k: int) -> float:
-        """Held-out loss keeping the k highest-scoring nodes (the order is read when first called)."""
-        flat = torch.zeros(n_total, dtype=torch.bool)
-        flat[masks.flat_scores().argsort(descending=True, stable=True)[:k]] = True
-        return loss_with_masks(model, masks, masks.masks_from_flat(flat), test)
+        """Held-out loss keeping the k highest-scoring nodes. Only k = n_total (every node) does not depend
+        on the scores, so that is the one value asked for before the masks are trained."""
+        return loss_with_masks(model, masks, masks.highest(k), test)
 
-    full_model_loss = loss_with_masks(model, masks, masks.masks_from_flat(torch.ones(n_total, dtype=torch.bool)), test)
+    full_model_loss = loss_keeping(n_total)
     history = []
     if full_model_loss <= cfg.target_loss or not cfg.skip_unsolved:
         history = train_masks(model, masks, train, cfg, progress, desc=f"prune {task.name}")
     k = bisect_smallest(loss_keeping, cfg.target_loss, n_total)
-    flat = torch.zeros(n_total, dtype=torch.bool)
-    flat[masks.flat_scores().argsort(descending=True, stable=True)[:k]] = True
-    node_masks = {name: mask.bool() for name, mask in masks.masks_from_flat(flat).items()}
+    node_masks = {name: mask.bool() for name, mask in masks.highest(k).items()}
     circuit = Circuit(
         task_name=task.name,
         masks=node_masks,
@@ -297,13 +295,8 @@ def loss_vs_nodes(model: SparseTransformer, circuit: Circuit, batch: TaskBatch, 
     masks = NodeMasks(model, circuit.ablation_values, PruneConfig())
     for score, saved in zip(masks.scores, circuit.scores.values(), strict=True):
         score.copy_(saved)
-    order = masks.flat_scores().argsort(descending=True)
-    buckets, losses = length_buckets(batch), []
-    for k in ks:
-        flat = torch.zeros(len(order), dtype=torch.bool)
-        flat[order[:k]] = True
-        losses.append(loss_with_masks(model, masks, masks.masks_from_flat(flat), buckets))
-    return losses
+    buckets = length_buckets(batch)
+    return [loss_with_masks(model, masks, masks.highest(k), buckets) for k in ks]
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -57,13 +57,9 @@ def topk_mask(weight: Tensor, l0: float, residual_axis: int, min_per_unit: int) 
 
 
 @torch.no_grad()
-def project_topk_(
-    model_or_matrices: nn.Module | WeightMatrices, l0_hidden: float, l0_embed: float, min_per_unit: int
-) -> int:
+def project_topk_(matrices: WeightMatrices, l0_hidden: float, l0_embed: float, min_per_unit: int) -> int:
     """Zero all but the kept weights of every matrix in place (`topk_mask`; the embedding and unembedding use
-    `l0_embed`). Takes a model with `weight_matrices()` or that dict itself; returns how many matrix
-    weights are nonzero afterwards."""
-    matrices = model_or_matrices.weight_matrices() if isinstance(model_or_matrices, nn.Module) else model_or_matrices
+    `l0_embed`), e.g. of `model.weight_matrices()`; returns how many matrix weights are nonzero afterwards."""
     nonzero = 0
     for name, (param, axis) in matrices.items():
         l0 = l0_embed if name in EMBEDDING_MATRICES else l0_hidden

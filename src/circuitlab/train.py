@@ -281,7 +281,7 @@ def training_step(
     optimizer.zero_grad(set_to_none=True)
     with torch.no_grad():
         torch._foreach_mul_(decayed_parameters(model), 1 - weight_decay * lr)
-    return loss.detach(), project_topk_(model, l0, l0_embed, model.cfg.min_weights_per_unit)
+    return loss.detach(), project_topk_(model.weight_matrices(), l0, l0_embed, model.cfg.min_weights_per_unit)
 
 
 def train(model_cfg: SparseTransformerConfig, cfg: TrainConfig, progress: bool = True) -> SparseTransformer:
