@@ -56,6 +56,7 @@ def natural_scores(
 
 
 def nonzero_weights(model: SparseTransformer) -> int:
+    """Nonzero entries over all weight matrices (embeddings included; biases, norms and bigram table not)."""
     return sum(int(weight.count_nonzero()) for weight, _ in model.weight_matrices().values())
 
 
