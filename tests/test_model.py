@@ -9,7 +9,7 @@ from transformer_lens import ActivationCache
 from transformer_lens.utilities import get_act_name
 
 from circuitlab.config import SparseTransformerConfig
-from circuitlab.model import NODE_LOCATIONS, SparseTransformer, abs_topk
+from circuitlab.model import NODE_LOCATIONS, SparseTransformer
 
 TINY = SparseTransformerConfig(n_layers=2, d_model=32, n_heads=2, d_head=16, d_vocab=50, n_ctx=24, seed=3)
 
@@ -93,13 +93,6 @@ def test_attention_is_causal_and_sinks_take_weight(model, tokens):
     no_sink = SparseTransformer(dataclasses.replace(TINY, attn_sink=False))
     _, cache = no_sink.run_with_cache(tokens)
     torch.testing.assert_close(cache["pattern", 0].sum(-1), torch.ones(3, TINY.n_heads, 16))
-
-
-def test_abs_topk_keeps_exactly_k_largest_magnitudes():
-    x = torch.tensor([[3.0, -5.0, 1.0, 0.5, -0.2], [0.1, 0.2, -0.3, 4.0, -4.5]])
-    out = abs_topk(x, 2)
-    assert torch.equal(out, torch.tensor([[3.0, -5.0, 0, 0, 0], [0, 0, 0, 4.0, -4.5]]))
-    assert torch.equal(abs_topk(x, 5), x)
 
 
 def test_every_node_location_is_abs_topk_sparse(model, tokens):
@@ -213,3 +206,31 @@ def test_config_rejects_bad_values_and_unknown_keys():
     with pytest.raises(ValueError, match="newer than this circuitlab"):
         SparseTransformerConfig(format_version=99)
     assert SparseTransformerConfig.from_dict(TINY.to_dict()) == TINY
+
+
+@pytest.mark.parametrize("attn_sink", [True, False])
+def test_fused_attention_matches_the_explicit_pattern_in_values_and_gradients(tokens, attn_sink):
+    """Unhooked, attention runs fused (SDPA); a hook on the pattern makes it materialise scores and pattern."""
+    model = SparseTransformer(dataclasses.replace(TINY, attn_sink=attn_sink))
+    with torch.no_grad():
+        for block in model.blocks:
+            if attn_sink:
+                block.attn.sink_logits.normal_()  # trained sinks are not zero
+
+    def loss_and_grads() -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        model.zero_grad()
+        loss = model(tokens, return_type="loss")
+        loss.backward()
+        return loss.detach(), {name: p.grad.clone() for name, p in model.named_parameters()}
+
+    fused_loss, fused_grads = loss_and_grads()
+    seen = []
+    record_shape = [(lambda name: name.endswith("hook_pattern"), lambda pattern, hook: seen.append(pattern.shape))]
+    with model.hooks(fwd_hooks=record_shape):
+        explicit_loss, explicit_grads = loss_and_grads()
+    assert seen == [(3, TINY.n_heads, 16, 16)] * TINY.n_layers
+    torch.testing.assert_close(fused_loss, explicit_loss, rtol=0, atol=1e-6)
+    for name, grad in explicit_grads.items():
+        torch.testing.assert_close(fused_grads[name], grad, rtol=1e-4, atol=1e-6, msg=name)
+    logits, _ = model.run_with_cache(tokens)  # every hook point hooked: norms and attention run unfused
+    torch.testing.assert_close(model(tokens), logits, rtol=0, atol=1e-5)

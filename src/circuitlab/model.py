@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from transformer_lens import ActivationCache, HookedRootModule
 from transformer_lens.hook_points import HookPoint
 
+from circuitlab.abstopk import AbsTopK
 from circuitlab.config import SparseTransformerConfig
 
 # The eight places whose channels are the nodes of a circuit: location -> hook name template.
@@ -50,31 +51,6 @@ ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
 }
 
 
-def abs_topk(x: Tensor, k: int) -> Tensor:
-    """Keep exactly the `k` largest-magnitude entries of each vector along the last dim; zero the rest."""
-    if k >= x.shape[-1]:
-        return x
-    with torch.no_grad():  # the selection is not differentiated; the gradient flows to the kept entries
-        index = x.abs().topk(k, dim=-1, sorted=False).indices
-        keep = torch.zeros_like(x, dtype=torch.bool).scatter_(-1, index, True)
-    return x * keep
-
-
-class AbsTopK(nn.Module):
-    """AbsTopK activation sparsity over the last dimension (identity when `afrac` is None)."""
-
-    def __init__(self, width: int, afrac: float | None):
-        super().__init__()
-        self.width = width
-        self.k = width if afrac is None else max(1, math.ceil(afrac * width))
-
-    def forward(self, x: Tensor) -> Tensor:
-        return abs_topk(x, self.k)
-
-    def extra_repr(self) -> str:
-        return f"k={self.k}, width={self.width}"
-
-
 class RMSNorm(nn.Module):
     def __init__(self, cfg: SparseTransformerConfig):
         super().__init__()
@@ -84,6 +60,8 @@ class RMSNorm(nn.Module):
         self.hook_normalized = HookPoint()  # [batch, pos, d_model]
 
     def forward(self, x: Tensor) -> Tensor:
+        if not (is_hooked(self.hook_scale) or is_hooked(self.hook_normalized)):
+            return F.rms_norm(x, self.w.shape, self.w, self.eps)  # fused; the same values
         scale = self.hook_scale((x.pow(2).mean(-1, keepdim=True) + self.eps).sqrt())
         return self.hook_normalized(x / scale) * self.w
 
@@ -101,6 +79,25 @@ class LayerNorm(nn.Module):
         x = x - x.mean(-1, keepdim=True)
         scale = self.hook_scale((x.pow(2).mean(-1, keepdim=True) + self.eps).sqrt())
         return self.hook_normalized(x / scale) * self.w + self.b
+
+
+def affine(x: Tensor, W: Tensor, b: Tensor) -> Tensor:
+    """x @ W + b over the last dim of x, as one fused matmul (`addmm`)."""
+    return torch.addmm(b, x.reshape(-1, x.shape[-1]), W).view(*x.shape[:-1], W.shape[-1])
+
+
+# CPU flash attention that also returns the logsumexp of each query's scores, which the sink's gradient needs.
+_flash_attention_cpu = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+
+
+def is_hooked(hook_point: HookPoint) -> bool:
+    """Whether a hook reads or edits this hook point (TransformerLens adds hooks as module hooks)."""
+    return bool(
+        hook_point._forward_hooks
+        or hook_point._forward_pre_hooks
+        or hook_point._backward_hooks
+        or hook_point._backward_pre_hooks
+    )
 
 
 def make_norm(cfg: SparseTransformerConfig) -> nn.Module:
@@ -132,7 +129,7 @@ class Unembed(nn.Module):
         self.b_U = nn.Parameter(torch.zeros(cfg.d_vocab))
 
     def forward(self, x: Tensor) -> Tensor:
-        return x @ self.W_U + self.b_U
+        return affine(x, self.W_U, self.b_U)
 
 
 class BigramTable(nn.Module):
@@ -178,11 +175,22 @@ class Attention(nn.Module):
         # q, k and v in one matmul; AbsTopK runs on each of them jointly over heads.
         W_qkv = torch.cat([W.permute(1, 0, 2).reshape(d_model, -1) for W in (self.W_Q, self.W_K, self.W_V)], dim=1)
         b_qkv = torch.cat([self.b_Q.flatten(), self.b_K.flatten(), self.b_V.flatten()])
-        qkv = self.topk_qkv((x @ W_qkv + b_qkv).view(batch, n_pos, 3, -1)).view(batch, n_pos, 3, n_heads, d_head)
+        qkv = self.topk_qkv(affine(x, W_qkv, b_qkv).view(batch, n_pos, 3, -1)).view(batch, n_pos, 3, n_heads, d_head)
         q = self.hook_q(qkv[:, :, 0])
         k = self.hook_k(qkv[:, :, 1])
         v = self.hook_v(qkv[:, :, 2])
-        scores = (q * d_head**-0.5).transpose(1, 2) @ k.permute(0, 2, 3, 1)
+        pattern_hooked = is_hooked(self.hook_attn_scores) or is_hooked(self.hook_pattern)
+        if pattern_hooked or (self.sink_logits is not None and x.device.type != "cpu"):
+            z = self.explicit_attention(q, k, v)
+        else:
+            z = self.fused_attention(q, k, v)
+        z = self.hook_z(z)
+        return affine(z.reshape(batch, n_pos, -1), self.W_O.reshape(-1, d_model), self.b_O)
+
+    def explicit_attention(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        """z from the attention scores and pattern, materialised so that their hook points see them."""
+        batch, n_pos = q.shape[:2]
+        scores = (q * self.cfg.d_head**-0.5).transpose(1, 2) @ k.permute(0, 2, 3, 1)
         scores = self.hook_attn_scores(scores + self.causal_bias[:n_pos, :n_pos])
         if self.sink_logits is None:
             pattern = scores.softmax(dim=-1)
@@ -190,8 +198,28 @@ class Attention(nn.Module):
             sink = self.sink_logits.view(1, -1, 1, 1).expand(batch, -1, n_pos, 1)
             pattern = torch.cat([scores, sink], dim=-1).softmax(dim=-1)[..., :-1]
         pattern = self.hook_pattern(pattern)
-        z = self.hook_z((pattern @ v.transpose(1, 2)).transpose(1, 2))
-        return z.reshape(batch, n_pos, -1) @ self.W_O.reshape(-1, d_model) + self.b_O
+        return (pattern @ v.transpose(1, 2)).transpose(1, 2)
+
+    def fused_attention(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        """The same z as `explicit_attention` from a fused kernel, without a [pos, pos] pattern in memory.
+
+        The sink is one extra key with value zero whose score is the sink logit (an additive mask). The
+        kernel does not differentiate its mask, so the sink's gradient is added by hand: dz/ds = -p_sink * z,
+        with p_sink = exp(s - logsumexp) the weight a query gives the sink.
+        """
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # [batch, head, pos, d_head]
+        if self.sink_logits is None:
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2)
+        batch, n_heads, n_pos, d_head = q.shape
+        sink = self.sink_logits.detach().view(1, n_heads, 1, 1)
+        causal = self.causal_bias[:n_pos, :n_pos].expand(1, n_heads, n_pos, n_pos)
+        mask = torch.cat([causal, sink.expand(1, n_heads, n_pos, 1)], dim=-1).expand(batch, -1, -1, -1)
+        no_key = k.new_zeros(batch, n_heads, 1, d_head)
+        k, v = torch.cat([k, no_key], dim=2), torch.cat([v, no_key], dim=2)
+        z, logsumexp = _flash_attention_cpu(q, k, v, attn_mask=mask)
+        p_sink = (sink - logsumexp.unsqueeze(-1)).exp()
+        z = z * (1 - p_sink * (self.sink_logits.view(1, n_heads, 1, 1) - sink))  # value z, gradient of the sink
+        return z.transpose(1, 2)
 
 
 class MLP(nn.Module):
@@ -207,9 +235,9 @@ class MLP(nn.Module):
         self.hook_post = HookPoint()  # [batch, pos, d_mlp], after AbsTopK: the MLP neuron nodes
 
     def forward(self, x: Tensor) -> Tensor:
-        pre = self.hook_pre(x @ self.W_in + self.b_in)
+        pre = self.hook_pre(affine(x, self.W_in, self.b_in))
         post = self.hook_post(self.topk_neurons(self.act_fn(pre)))
-        return post @ self.W_out + self.b_out
+        return affine(post, self.W_out, self.b_out)
 
 
 class TransformerBlock(nn.Module):

@@ -1,0 +1,53 @@
+"""AbsTopK: the compiled CPU kernel against the torch.topk reference, ties, gradients and fallbacks."""
+
+import pytest
+import torch
+
+from circuitlab.abstopk import AbsTopK, abs_topk, abs_topk_mask
+
+
+def test_abs_topk_keeps_exactly_k_largest_magnitudes():
+    x = torch.tensor([[3.0, -5.0, 1.0, 0.5, -0.2], [0.1, 0.2, -0.3, 4.0, -4.5]])
+    assert torch.equal(abs_topk(x, 2), torch.tensor([[3.0, -5.0, 0, 0, 0], [0, 0, 0, 4.0, -4.5]]))
+    assert abs_topk(x, 5) is x
+
+
+@pytest.mark.parametrize(
+    "shape, k", [((64, 128), 32), ((3, 7, 3, 128), 32), ((50, 512), 128), ((9, 5), 1), ((4, 33), 32)]
+)
+def test_kernel_matches_the_torch_topk_reference(shape, k):
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(k)) * torch.logspace(-3, 3, shape[-1])
+    out = abs_topk(x, k)
+    assert torch.equal(out, x * abs_topk_mask(x, k))
+    assert torch.equal(out, abs_topk(x.double(), k).float())  # float64 takes the torch.topk path
+
+
+def test_ties_at_the_threshold_keep_exactly_k_lowest_indices_first():
+    x = torch.tensor([[0.0, 2.0, -1.0, 1.0, 1.0, -1.0, 0.0, 0.0]])
+    out = abs_topk(x, 3)
+    assert torch.equal(out, torch.tensor([[0.0, 2.0, -1.0, 1.0, 0, 0, 0, 0]]))
+    zeros = torch.zeros(5, 16)
+    zeros[:, 3] = 1.0
+    x = zeros.requires_grad_()
+    abs_topk(x, 4).sum().backward()  # three of the four kept entries are zeros: they get a gradient too
+    assert torch.equal(x.grad[:, :4], torch.ones(5, 4)) and not x.grad[:, 4:].any()
+
+
+def test_gradient_flows_to_the_kept_entries_only():
+    x = torch.randn(6, 40, requires_grad=True)
+    weights = torch.randn(6, 40)
+    (abs_topk(x, 10) * weights).sum().backward()
+    keep = abs_topk_mask(x, 10)
+    assert torch.equal(x.grad, torch.where(keep, weights, 0.0))
+
+
+def test_non_contiguous_and_empty_inputs():
+    x = torch.randn(32, 20).t()  # [20, 32], rows not contiguous
+    assert torch.equal(abs_topk(x, 8), x * abs_topk_mask(x, 8))
+    assert abs_topk(torch.empty(0, 16), 4).shape == (0, 16)
+
+
+def test_module_rounds_k_up_and_is_identity_when_dense():
+    assert AbsTopK(10, 0.25).k == 3
+    x = torch.randn(2, 10)
+    assert AbsTopK(10, None)(x) is x
