@@ -22,6 +22,24 @@ def test_kernel_matches_the_torch_topk_reference(shape, k):
     assert torch.equal(out, abs_topk(x.double(), k).float())  # float64 takes the torch.topk path
 
 
+def test_kernel_is_exact_on_rows_of_wildly_different_scales():
+    """Each row's search starts from the previous row's threshold: a bad start may cost time, never accuracy."""
+    generator = torch.Generator().manual_seed(0)
+    scales = 10.0 ** torch.randint(-30, 30, (300, 1), generator=generator).float()
+    x = torch.randn(300, 96, generator=generator) * scales
+    x[::7] = 1.5  # one repeated value: every entry ties
+    x[::11, :3] = float("inf")
+    x[::13] = torch.randn(96, generator=generator) * 1e-42  # subnormal floats
+    x.requires_grad_()
+    out = abs_topk(x, 24)
+    out.sum().backward()
+    keep = x.grad
+    assert torch.equal(keep.sum(-1), torch.full((300,), 24.0))
+    assert torch.equal(out, x.detach() * keep)
+    top_magnitudes = x.detach().abs().sort(-1).values[:, -24:]
+    assert torch.equal(out.detach().abs().sort(-1).values[:, -24:], top_magnitudes)
+
+
 def test_ties_at_the_threshold_keep_exactly_k_lowest_indices_first():
     x = torch.tensor([[0.0, 2.0, -1.0, 1.0, 1.0, -1.0, 0.0, 0.0]])
     out = abs_topk(x, 3)

@@ -6,9 +6,12 @@ exactly `k` entries per vector; among entries of equal magnitude at the threshol
 lowest indices, while `torch.topk` leaves the choice unspecified.
 
 Why a kernel: `torch.topk` sorts (value, index) pairs row by row, about 1 µs per row of 128 on a CPU core,
-which made AbsTopK the most expensive part of a training step. The kernel finds each row's k-th largest
-magnitude by bisecting its float32 bit pattern (non-negative floats order like their bits), which is
-branch-free counting over a row that stays in cache, and writes the masked row in the same pass.
+which made AbsTopK the most expensive part of a training step. The kernel searches each row for its k-th
+largest magnitude on the float32 bit pattern (non-negative floats order like their bits as integers): each
+probe is one branch-free counting pass over a row that stays in cache, and the search stops as soon as
+exactly k magnitudes reach the probe. Probes interpolate between the bracketing counts, start from the
+previous row's threshold (rows of one activation have similar scales) and fall back to bisection every third
+probe, so a row takes about five passes instead of the thirty-one of a plain bisection.
 """
 
 from __future__ import annotations
@@ -21,42 +24,69 @@ import torch
 from torch import Tensor, nn
 
 _MAGNITUDE_BITS = np.int32(0x7FFFFFFF)  # a float32's bits without the sign
+_ROWS_PER_BLOCK = 32  # rows searched one after another, each starting from the previous row's threshold
+
+
+@numba.njit(cache=True, boundscheck=False)
+def _count_at_least(row: np.ndarray, threshold: np.int32) -> np.int32:
+    count = np.int32(0)
+    for j in range(row.shape[0]):
+        count += np.int32((row[j] & _MAGNITUDE_BITS) >= threshold)
+    return count
+
+
+@numba.njit(cache=True, boundscheck=False)
+def _kth_largest_magnitude(row: np.ndarray, k: int, guess: np.int64) -> tuple[np.int64, bool, np.int32]:
+    """Search the bits of `row` (float32 viewed as int32) for the threshold of its k largest magnitudes.
+
+    Returns (threshold, exact, n_above): with `exact`, exactly k magnitudes are >= threshold; otherwise the
+    threshold is the k-th largest magnitude itself, shared by several entries, and n_above are greater.
+    """
+    top = np.int32(0)
+    for j in range(row.shape[0]):
+        top = max(top, row[j] & _MAGNITUDE_BITS)
+    lo, count_lo = np.int64(0), np.int32(row.shape[0])  # invariant: count(>= lo) >= k > count(>= hi)
+    hi, count_hi = np.int64(top) + 1, np.int32(0)
+    probe_number = 0
+    while hi - lo > 1:
+        if probe_number == 0 and lo < guess < hi:
+            probe = guess
+        elif probe_number % 3 == 2:
+            probe = lo + (hi - lo) // 2
+        else:
+            probe = lo + np.int64((hi - lo) * ((count_lo - k + 0.5) / (count_lo - count_hi)))
+            probe = min(max(probe, lo + 1), hi - 1)
+        probe_number += 1
+        count = _count_at_least(row, np.int32(probe))
+        if count >= k:
+            lo, count_lo = probe, count
+            if count == k:
+                return lo, True, count
+        else:
+            hi, count_hi = probe, count
+    return lo, False, count_hi
 
 
 @numba.njit(parallel=True, cache=True, boundscheck=False)
-def _abs_topk_rows(x: np.ndarray, k: int, out: np.ndarray, keep: np.ndarray) -> None:  # pragma: no cover - compiled
-    """For each row of `x` ([rows, width], float32): `keep` marks its k largest |x|, `out` is x where kept, else 0."""
+def _abs_topk_rows(x: np.ndarray, k: int, out: np.ndarray, keep: np.ndarray) -> None:
+    """Each row of `x` ([rows, width], float32): `keep` is 1 at its k largest |x|, else 0; `out` is x * keep."""
     bits = x.view(np.int32)
     rows, width = x.shape
-    for r in numba.prange(rows):
-        row = bits[r]
-        # Bisect on the magnitude's bits, high to low: `threshold` grows to the k-th largest magnitude.
-        threshold = np.int32(0)
-        exact = False  # True once exactly k magnitudes are >= threshold: those are the top k
-        for bit in range(30, -1, -1):
-            candidate = threshold | np.int32(1 << bit)
-            count = 0
+    one, zero = np.float32(1), np.float32(0)
+    for block in numba.prange((rows + _ROWS_PER_BLOCK - 1) // _ROWS_PER_BLOCK):
+        guess = np.int64(-1)
+        for r in range(block * _ROWS_PER_BLOCK, min(rows, (block + 1) * _ROWS_PER_BLOCK)):
+            threshold, exact, n_above = _kth_largest_magnitude(bits[r], k, guess)
+            guess = threshold
+            ties_to_keep = k - n_above  # entries equal to the threshold kept, lowest indices first
             for j in range(width):
-                count += np.int32((row[j] & _MAGNITUDE_BITS) >= candidate)
-            if count >= k:
-                threshold = candidate
-                if count == k:
-                    exact = True
-                    break
-        ties_to_keep = 0
-        if not exact:  # threshold is the k-th largest magnitude, shared by several entries
-            above = 0
-            for j in range(width):
-                above += np.int32((row[j] & _MAGNITUDE_BITS) > threshold)
-            ties_to_keep = k - above
-        for j in range(width):
-            magnitude = row[j] & _MAGNITUDE_BITS
-            kept = magnitude >= threshold if exact else magnitude > threshold
-            if not exact and magnitude == threshold and ties_to_keep > 0:
-                kept = True
-                ties_to_keep -= 1
-            keep[r, j] = kept
-            out[r, j] = x[r, j] if kept else np.float32(0)
+                magnitude = bits[r, j] & _MAGNITUDE_BITS
+                kept = magnitude >= threshold if exact else magnitude > threshold
+                if not exact and magnitude == threshold and ties_to_keep > 0:
+                    kept = True
+                    ties_to_keep -= 1
+                keep[r, j] = one if kept else zero
+                out[r, j] = x[r, j] if kept else zero
 
 
 def abs_topk_mask(x: Tensor, k: int) -> Tensor:
@@ -72,7 +102,7 @@ class _CompiledAbsTopK(torch.autograd.Function):
     def forward(ctx, x: Tensor, k: int) -> Tensor:
         rows = x.detach().contiguous().view(-1, x.shape[-1])
         out = torch.empty_like(rows)
-        keep = torch.empty(rows.shape, dtype=torch.bool)
+        keep = torch.empty_like(rows)  # float 0/1: the backward's multiply is fastest in the gradient's dtype
         numba.set_num_threads(min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
         _abs_topk_rows(rows.numpy(), k, out.numpy(), keep.numpy())
         keep = keep.view(x.shape)
@@ -82,7 +112,7 @@ class _CompiledAbsTopK(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
         (keep,) = ctx.saved_tensors
-        return torch.where(keep, grad, 0.0), None
+        return grad * keep, None
 
 
 def abs_topk(x: Tensor, k: int) -> Tensor:
