@@ -89,25 +89,37 @@ def _abs_topk_rows(x: np.ndarray, k: int, out: np.ndarray, keep: np.ndarray) -> 
                 out[r, j] = x[r, j] if kept else zero
 
 
+def _uses_kernel(x: Tensor) -> bool:
+    return x.device.type == "cpu" and x.dtype == torch.float32 and x.numel() > 0
+
+
+def _select_with_kernel(x: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """(x with all but its top-k magnitudes zeroed, the float 0/1 keep mask), both shaped like x."""
+    rows = x.detach().contiguous().view(-1, x.shape[-1])
+    out, keep = torch.empty_like(rows), torch.empty_like(rows)
+    numba.set_num_threads(min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
+    _abs_topk_rows(rows.numpy(), k, out.numpy(), keep.numpy())
+    return out.view(x.shape), keep.view(x.shape)
+
+
 def abs_topk_mask(x: Tensor, k: int) -> Tensor:
-    """Boolean mask of the `k` largest-magnitude entries along the last dim (the reference, via torch.topk)."""
+    """Boolean mask of exactly the `k` largest-magnitude entries along the last dim."""
+    if k >= x.shape[-1]:
+        return torch.ones_like(x, dtype=torch.bool)
+    if _uses_kernel(x):
+        return _select_with_kernel(x, k)[1].bool()
     index = x.detach().abs().topk(k, dim=-1, sorted=False).indices
     return torch.zeros_like(x, dtype=torch.bool).scatter_(-1, index, True)
 
 
 class _CompiledAbsTopK(torch.autograd.Function):
-    """AbsTopK on CPU float32 through the compiled kernel; backward passes the gradient of kept entries."""
+    """AbsTopK through the compiled kernel; the backward passes the gradient of the kept entries."""
 
     @staticmethod
     def forward(ctx, x: Tensor, k: int) -> Tensor:
-        rows = x.detach().contiguous().view(-1, x.shape[-1])
-        out = torch.empty_like(rows)
-        keep = torch.empty_like(rows)  # float 0/1: the backward's multiply is fastest in the gradient's dtype
-        numba.set_num_threads(min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
-        _abs_topk_rows(rows.numpy(), k, out.numpy(), keep.numpy())
-        keep = keep.view(x.shape)
+        out, keep = _select_with_kernel(x, k)  # a float mask: the backward's multiply is fastest in one dtype
         ctx.save_for_backward(keep)
-        return out.view(x.shape)
+        return out
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
@@ -119,7 +131,7 @@ def abs_topk(x: Tensor, k: int) -> Tensor:
     """Keep exactly the `k` largest-magnitude entries of each vector along the last dim; zero the rest."""
     if k >= x.shape[-1]:
         return x
-    if x.device.type == "cpu" and x.dtype == torch.float32 and x.numel() > 0:
+    if _uses_kernel(x):
         return _CompiledAbsTopK.apply(x, k)
     return x * abs_topk_mask(x, k)
 

@@ -12,6 +12,8 @@ import math
 import torch
 from torch import Tensor, nn
 
+from circuitlab.abstopk import abs_topk_mask
+
 EMBEDDING_MATRICES = ("embed.W_E", "unembed.W_U")  # pruned to `embed_l0`; every other matrix to `weight_l0`
 
 WeightMatrices = dict[str, tuple[nn.Parameter, int]]  # name -> (matrix, axis that indexes the residual stream)
@@ -41,18 +43,13 @@ def lr_schedule(
 def topk_mask(weight: Tensor, l0: float, residual_axis: int, min_per_unit: int) -> Tensor:
     """Bool mask of the ceil(l0 * numel) largest |weights|, united with each unit's `min_per_unit` largest
     (a unit is a neuron or q/k/v/o channel: everything but the residual axis)."""
-    magnitude = weight.abs()
-    mask = torch.zeros(weight.numel(), dtype=torch.bool, device=weight.device)
-    mask[magnitude.flatten().topk(math.ceil(l0 * weight.numel()), sorted=False).indices] = True
-    mask = mask.view_as(weight)
+    mask = abs_topk_mask(weight.reshape(1, -1), math.ceil(l0 * weight.numel())).view_as(weight)
     per_unit = min(min_per_unit, weight.shape[residual_axis])
     if per_unit > 0:
         by_unit = mask.movedim(residual_axis, -1)  # a view: writing into it writes into `mask`
         short = by_unit.sum(-1) < per_unit  # only the units the global top-k left short need their own top-k
         if short.any():
-            rows = by_unit[short]
-            rows.scatter_(-1, magnitude.movedim(residual_axis, -1)[short].topk(per_unit, dim=-1).indices, True)
-            by_unit[short] = rows
+            by_unit[short] |= abs_topk_mask(weight.movedim(residual_axis, -1)[short], per_unit)
     return mask
 
 
