@@ -37,6 +37,9 @@ def test_kernel_is_exact_on_rows_of_wildly_different_scales():
     x[::7] = 1.5  # one repeated value: every entry ties
     x[::11, :3] = float("inf")
     x[::13] = torch.randn(96, generator=generator) * 1e-42  # subnormal floats
+    x[::17, 10:] = 0.0  # fewer nonzero entries than k
+    x[::19, 24:] = 0.0  # exactly k nonzero entries
+    x[5, :20], x[5, 20:] = 0.0, 1e-45  # the smallest subnormal: one bit above zero
     x.requires_grad_()
     out = abs_topk(x, 24)
     out.sum().backward()

@@ -1,7 +1,7 @@
 """circuitlab: weight-sparse transformers with interpretable circuits (Gao et al. 2025), on a CPU.
 
 The boxes of the pipeline, one module each: `tokenizer`, `corpus`, `synthetic`, `tasks` (data);
-`model`, `config`, `checkpoint`, `compat` (the SparseTransformer); `sparsity`, `train` (weight-sparse
+`model`, `abstopk`, `config`, `checkpoint`, `compat` (the SparseTransformer); `sparsity`, `train` (weight-sparse
 training); `prune`, `circuit`, `plotting` (circuits).
 """
 

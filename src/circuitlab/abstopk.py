@@ -11,7 +11,8 @@ largest magnitude on the float32 bit pattern (non-negative floats order like the
 probe is one branch-free counting pass over a row that stays in cache, and the search stops as soon as
 exactly k magnitudes reach the probe. Probes interpolate between the bracketing counts, start from the
 previous row's threshold (rows of one activation have similar scales) and fall back to bisection every third
-probe, so a row takes about five passes instead of the thirty-one of a plain bisection.
+probe. On the shipped sparse model's activations a row takes about seven passes (one for its maximum and
+number of nonzeros, six probes) where a plain bisection over the bits takes up to thirty-two.
 """
 
 from __future__ import annotations
@@ -42,10 +43,16 @@ def _kth_largest_magnitude(row: np.ndarray, k: int, guess: np.int64) -> tuple[np
     Returns (threshold, exact, n_above): with `exact`, exactly k magnitudes are >= threshold; otherwise the
     threshold is the k-th largest magnitude itself, shared by several entries, and n_above are greater.
     """
-    top = np.int32(0)
+    top, n_nonzero = np.int32(0), np.int32(0)
     for j in range(row.shape[0]):
-        top = max(top, row[j] & _MAGNITUDE_BITS)
-    lo, count_lo = np.int64(0), np.int32(row.shape[0])  # invariant: count(>= lo) >= k > count(>= hi)
+        magnitude = row[j] & _MAGNITUDE_BITS
+        top = max(top, magnitude)
+        n_nonzero += np.int32(magnitude > 0)
+    if n_nonzero == k:  # common where weights are sparse: the k nonzero magnitudes are exactly the top k
+        return np.int64(1), True, n_nonzero
+    if n_nonzero < k:  # every nonzero entry, then the first zeros
+        return np.int64(0), False, n_nonzero
+    lo, count_lo = np.int64(1), n_nonzero  # invariant: count(>= lo) >= k > count(>= hi)
     hi, count_hi = np.int64(top) + 1, np.int32(0)
     probe_number = 0
     while hi - lo > 1:

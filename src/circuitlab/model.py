@@ -5,6 +5,12 @@ Parameter names, shapes and hook names follow HookedTransformer, so code written
 switchable in `SparseTransformerConfig`: RMSNorm, per-head attention sinks, a dense bigram table, NoPE,
 and AbsTopK activation sparsity at the eight *node locations* that pruning works on (`NODE_LOCATIONS`).
 Weight sparsity is a property of the weights (pruned entries are exactly zero, see `circuitlab.sparsity`).
+
+Speed: attention and RMSNorm run as fused kernels (`scaled_dot_product_attention`, `rms_norm`) and never
+hold a [pos, pos] pattern in memory, unless a hook is attached to one of their hook points (as
+`run_with_cache` does); then they compute and pass through the same tensors HookedTransformer does. Both
+ways give the same values and gradients (up to float rounding; a test checks it). AbsTopK is in
+`circuitlab.abstopk`.
 """
 
 from __future__ import annotations
@@ -61,7 +67,7 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         if not (is_hooked(self.hook_scale) or is_hooked(self.hook_normalized)):
-            return F.rms_norm(x, self.w.shape, self.w, self.eps)  # fused; the same values
+            return F.rms_norm(x, self.w.shape, self.w, self.eps)  # fused; equal up to float rounding
         scale = self.hook_scale((x.pow(2).mean(-1, keepdim=True) + self.eps).sqrt())
         return self.hook_normalized(x / scale) * self.w
 
@@ -180,6 +186,7 @@ class Attention(nn.Module):
         k = self.hook_k(qkv[:, :, 1])
         v = self.hook_v(qkv[:, :, 2])
         pattern_hooked = is_hooked(self.hook_attn_scores) or is_hooked(self.hook_pattern)
+        # Fused sinks need the CPU kernel's logsumexp; elsewhere attention with sinks runs explicit.
         if pattern_hooked or (self.sink_logits is not None and x.device.type != "cpu"):
             z = self.explicit_attention(q, k, v)
         else:
