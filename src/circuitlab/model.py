@@ -224,8 +224,9 @@ class Attention(nn.Module):
         no_key = k.new_zeros(batch, n_heads, 1, d_head)
         k, v = torch.cat([k, no_key], dim=2), torch.cat([v, no_key], dim=2)
         z, logsumexp = _flash_attention_cpu(q, k, v, attn_mask=mask)
-        p_sink = (sink - logsumexp.unsqueeze(-1)).exp()
-        z = z * (1 - p_sink * (self.sink_logits.view(1, n_heads, 1, 1) - sink))  # value z, gradient of the sink
+        if self.sink_logits.requires_grad and torch.is_grad_enabled():
+            p_sink = (sink - logsumexp.unsqueeze(-1)).exp()
+            z = z * (1 - p_sink * (self.sink_logits.view(1, n_heads, 1, 1) - sink))  # value z, the sink's gradient
         return z.transpose(1, 2)
 
 
