@@ -92,8 +92,34 @@ def affine(x: Tensor, W: Tensor, b: Tensor) -> Tensor:
     return torch.addmm(b, x.reshape(-1, x.shape[-1]), W).view(*x.shape[:-1], W.shape[-1])
 
 
-# CPU flash attention that also returns the logsumexp of each query's scores, which the sink's gradient needs.
-_flash_attention_cpu = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+class SinkAttentionCPU(torch.autograd.Function):
+    """Causal attention whose softmax also sees one logit per head, the sink (a key with value zero), on the
+    CPU flash-attention kernels: as fast as plain causal attention, with exact gradients.
+
+    Forward: the causal kernel gives z' and the logsumexp of each query's scores; the sink takes a share
+    p_sink = exp(s - logsumexp(scores and s)) of the weight, so z = z' * (1 - p_sink). Backward: given that
+    output and logsumexp, the causal backward kernel recomputes exactly the sink-normalised weights and
+    returns the gradients of q, k and v; the sink's own gradient is -sum over queries of p_sink * (dz . z).
+    """
+
+    @staticmethod
+    def forward(ctx, q: Tensor, k: Tensor, v: Tensor, sink_logits: Tensor) -> Tensor:
+        z, logsumexp = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, True)
+        sink = sink_logits.view(1, -1, 1)
+        logsumexp = torch.logaddexp(logsumexp, sink)
+        p_sink = (sink - logsumexp).exp()  # [batch, head, query_pos]
+        z = z * (1 - p_sink).unsqueeze(-1)
+        ctx.save_for_backward(q, k, v, z, logsumexp, p_sink)
+        return z
+
+    @staticmethod
+    def backward(ctx, grad_z: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        q, k, v, z, logsumexp, p_sink = ctx.saved_tensors
+        grad_q, grad_k, grad_v = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
+            grad_z.contiguous(), q, k, v, z, logsumexp, 0.0, True
+        )
+        grad_sink = -(p_sink * (grad_z * z).sum(-1)).sum((0, 2))
+        return grad_q, grad_k, grad_v, grad_sink
 
 
 def is_hooked(hook_point: HookPoint) -> bool:
@@ -186,7 +212,7 @@ class Attention(nn.Module):
         k = self.hook_k(qkv[:, :, 1])
         v = self.hook_v(qkv[:, :, 2])
         pattern_hooked = is_hooked(self.hook_attn_scores) or is_hooked(self.hook_pattern)
-        # Fused sinks need the CPU kernel's logsumexp; elsewhere attention with sinks runs explicit.
+        # Fused sinks use the CPU flash-attention kernels; elsewhere attention with sinks runs explicit.
         if pattern_hooked or (self.sink_logits is not None and x.device.type != "cpu"):
             z = self.explicit_attention(q, k, v)
         else:
@@ -208,25 +234,12 @@ class Attention(nn.Module):
         return (pattern @ v.transpose(1, 2)).transpose(1, 2)
 
     def fused_attention(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-        """The same z as `explicit_attention` from a fused kernel, without a [pos, pos] pattern in memory.
-
-        The sink is one extra key with value zero whose score is the sink logit (an additive mask). The
-        kernel does not differentiate its mask, so the sink's gradient is added by hand: dz/ds = -p_sink * z,
-        with p_sink = exp(s - logsumexp) the weight a query gives the sink.
-        """
+        """The same z as `explicit_attention` from fused kernels, without a [pos, pos] pattern in memory."""
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # [batch, head, pos, d_head]
         if self.sink_logits is None:
-            return F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2)
-        batch, n_heads, n_pos, d_head = q.shape
-        sink = self.sink_logits.detach().view(1, n_heads, 1, 1)
-        causal = self.causal_bias[:n_pos, :n_pos].expand(1, n_heads, n_pos, n_pos)
-        mask = torch.cat([causal, sink.expand(1, n_heads, n_pos, 1)], dim=-1).expand(batch, -1, -1, -1)
-        no_key = k.new_zeros(batch, n_heads, 1, d_head)
-        k, v = torch.cat([k, no_key], dim=2), torch.cat([v, no_key], dim=2)
-        z, logsumexp = _flash_attention_cpu(q, k, v, attn_mask=mask)
-        if self.sink_logits.requires_grad and torch.is_grad_enabled():
-            p_sink = (sink - logsumexp.unsqueeze(-1)).exp()
-            z = z * (1 - p_sink * (self.sink_logits.view(1, n_heads, 1, 1) - sink))  # value z, the sink's gradient
+            z = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        else:
+            z = SinkAttentionCPU.apply(q, k, v, self.sink_logits)
         return z.transpose(1, 2)
 
 
