@@ -6,11 +6,11 @@ switchable in `SparseTransformerConfig`: RMSNorm, per-head attention sinks, a de
 and AbsTopK activation sparsity at the eight *node locations* that pruning works on (`NODE_LOCATIONS`).
 Weight sparsity is a property of the weights (pruned entries are exactly zero, see `circuitlab.sparsity`).
 
-Speed: attention and RMSNorm run as fused kernels (`scaled_dot_product_attention`, `rms_norm`) and never
-hold a [pos, pos] pattern in memory, unless a hook is attached to one of their hook points (as
-`run_with_cache` does); then they compute and pass through the same tensors HookedTransformer does. Both
-ways give the same values and gradients (up to float rounding; a test checks it). AbsTopK is in
-`circuitlab.abstopk`.
+Speed: attention and RMSNorm run as fused kernels (flash attention, `rms_norm`) and never hold a
+[pos, pos] pattern in memory, unless a hook is attached to one of their hook points (as `run_with_cache`
+does); then they compute and pass through the same tensors HookedTransformer does. Both ways give the same
+values and gradients (up to float rounding; a test checks it). The fused sink kernel is CPU-only: on other
+devices, attention with sinks always runs the explicit way. AbsTopK is in `circuitlab.abstopk`.
 """
 
 from __future__ import annotations
