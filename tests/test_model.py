@@ -130,6 +130,8 @@ def test_bad_residual_site_and_missing_tokens_are_explained(model, tokens):
     resid = model(tokens, stop_at="blocks.0.hook_resid_mid")
     with pytest.raises(ValueError, match="bigram table"):
         model(resid, start_at="blocks.0.hook_resid_mid")
+    with pytest.raises(IndexError, match=r"Token ids must lie in \[0, 50\)"):
+        model(resid, start_at="blocks.0.hook_resid_mid", tokens=tokens + TINY.d_vocab)
 
 
 def test_prompt_longer_than_n_ctx_is_a_clear_error(model):
@@ -234,3 +236,25 @@ def test_fused_attention_matches_the_explicit_pattern_in_values_and_gradients(to
         torch.testing.assert_close(fused_grads[name], grad, rtol=1e-4, atol=1e-6, msg=name)
     logits, _ = model.run_with_cache(tokens)  # every hook point hooked: norms and attention run unfused
     torch.testing.assert_close(model(tokens), logits, rtol=0, atol=1e-5)
+
+
+def test_fused_bigram_logits_equal_the_hooked_lookup(tokens):
+    """Unhooked, the bigram rows are added in one fused pass; a hook on hook_bigram makes the model look them up
+    as a tensor first. Logits are bitwise equal, and so are the gradients up to summation order."""
+    model = SparseTransformer(TINY)
+
+    def logits_and_grads() -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        model.zero_grad()
+        logits = model(tokens)
+        (logits * torch.linspace(-1, 1, logits.numel()).view_as(logits)).sum().backward()
+        return logits.detach(), {name: p.grad.clone() for name, p in model.named_parameters()}
+
+    fused_logits, fused_grads = logits_and_grads()
+    seen = []
+    with model.hooks(fwd_hooks=[("hook_bigram", lambda rows, hook: seen.append(rows.shape))]):
+        explicit_logits, explicit_grads = logits_and_grads()
+    assert seen == [(3, 16, TINY.d_vocab)]
+    assert torch.equal(fused_logits, explicit_logits)
+    assert fused_grads["bigram.W_bigram"].count_nonzero() > 0
+    for name, grad in explicit_grads.items():
+        torch.testing.assert_close(fused_grads[name], grad, rtol=1e-5, atol=1e-7, msg=name)

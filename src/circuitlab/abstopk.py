@@ -24,6 +24,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from circuitlab.fused import match_torch_threads
+
 _MAGNITUDE_BITS = np.int32(0x7FFFFFFF)  # a float32's bits without the sign
 _ROWS_PER_BLOCK = 32  # rows searched one after another, each starting from the previous row's threshold
 
@@ -104,7 +106,7 @@ def _select_with_kernel(x: Tensor, k: int) -> tuple[Tensor, Tensor]:
     """(x with all but its top-k magnitudes zeroed, the float 0/1 keep mask), both shaped like x."""
     rows = x.detach().contiguous().view(-1, x.shape[-1])
     out, keep = torch.empty_like(rows), torch.empty_like(rows)
-    numba.set_num_threads(min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
+    match_torch_threads()
     _abs_topk_rows(rows.numpy(), k, out.numpy(), keep.numpy())
     return out.view(x.shape), keep.view(x.shape)
 

@@ -6,11 +6,12 @@ switchable in `SparseTransformerConfig`: RMSNorm, per-head attention sinks, a de
 and AbsTopK activation sparsity at the eight *node locations* that pruning works on (`NODE_LOCATIONS`).
 Weight sparsity is a property of the weights (pruned entries are exactly zero, see `circuitlab.sparsity`).
 
-Speed: attention and RMSNorm run as fused kernels (flash attention, `rms_norm`) and never hold a
-[pos, pos] pattern in memory, unless a hook is attached to one of their hook points (as `run_with_cache`
-does); then they compute and pass through the same tensors HookedTransformer does. Both ways give the same
-values and gradients (up to float rounding; a test checks it). The fused sink kernel is CPU-only: on other
-devices, attention with sinks always runs the explicit way. AbsTopK is in `circuitlab.abstopk`.
+Speed: attention, RMSNorm and the bigram logits run as fused kernels (flash attention, `rms_norm`,
+`circuitlab.fused`) and attention never holds a [pos, pos] pattern in memory, unless a hook is attached to
+one of their hook points (as `run_with_cache` does); then they compute and pass through the same tensors
+HookedTransformer does. Both ways give the same values and gradients (up to float rounding; a test checks
+it). The fused sink and bigram kernels are CPU-only: on other devices those parts always run the explicit
+way. AbsTopK is in `circuitlab.abstopk`.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from transformer_lens.hook_points import HookPoint
 
 from circuitlab.abstopk import AbsTopK
 from circuitlab.config import SparseTransformerConfig
+from circuitlab.fused import BigramLogitsCPU, SinkAttentionCPU
 
 # The eight places whose channels are the nodes of a circuit: location -> hook name template.
 NODE_LOCATIONS: dict[str, str] = {
@@ -90,36 +92,6 @@ class LayerNorm(nn.Module):
 def affine(x: Tensor, W: Tensor, b: Tensor) -> Tensor:
     """x @ W + b over the last dim of x, as one fused matmul (`addmm`)."""
     return torch.addmm(b, x.reshape(-1, x.shape[-1]), W).view(*x.shape[:-1], W.shape[-1])
-
-
-class SinkAttentionCPU(torch.autograd.Function):
-    """Causal attention whose softmax also sees one logit per head, the sink (a key with value zero), on the
-    CPU flash-attention kernels: as fast as plain causal attention, with exact gradients.
-
-    Forward: the causal kernel gives z' and the logsumexp of each query's scores; the sink takes a share
-    p_sink = exp(s - logsumexp(scores and s)) of the weight, so z = z' * (1 - p_sink). Backward: given that
-    output and logsumexp, the causal backward kernel recomputes exactly the sink-normalised weights and
-    returns the gradients of q, k and v; the sink's own gradient is -sum over queries of p_sink * (dz . z).
-    """
-
-    @staticmethod
-    def forward(ctx, q: Tensor, k: Tensor, v: Tensor, sink_logits: Tensor) -> Tensor:
-        z, logsumexp = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, True)
-        sink = sink_logits.view(1, -1, 1)
-        logsumexp = torch.logaddexp(logsumexp, sink)
-        p_sink = (sink - logsumexp).exp()  # [batch, head, query_pos]
-        z = z * (1 - p_sink).unsqueeze(-1)
-        ctx.save_for_backward(q, k, v, z, logsumexp, p_sink)
-        return z
-
-    @staticmethod
-    def backward(ctx, grad_z: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        q, k, v, z, logsumexp, p_sink = ctx.saved_tensors
-        grad_q, grad_k, grad_v = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
-            grad_z.contiguous(), q, k, v, z, logsumexp, 0.0, True
-        )
-        grad_sink = -(p_sink * (grad_z * z).sum(-1)).sum((0, 2))
-        return grad_q, grad_k, grad_v, grad_sink
 
 
 def is_hooked(hook_point: HookPoint) -> bool:
@@ -208,9 +180,8 @@ class Attention(nn.Module):
         W_qkv = torch.cat([W.permute(1, 0, 2).reshape(d_model, -1) for W in (self.W_Q, self.W_K, self.W_V)], dim=1)
         b_qkv = torch.cat([self.b_Q.flatten(), self.b_K.flatten(), self.b_V.flatten()])
         qkv = self.topk_qkv(affine(x, W_qkv, b_qkv).view(batch, n_pos, 3, -1)).view(batch, n_pos, 3, n_heads, d_head)
-        q = self.hook_q(qkv[:, :, 0])
-        k = self.hook_k(qkv[:, :, 1])
-        v = self.hook_v(qkv[:, :, 2])
+        q, k, v = qkv.unbind(dim=2)  # (indexing would make the backward fill three zero tensors of qkv's size)
+        q, k, v = self.hook_q(q), self.hook_k(k), self.hook_v(v)
         pattern_hooked = is_hooked(self.hook_attn_scores) or is_hooked(self.hook_pattern)
         # Fused sinks use the CPU flash-attention kernels; elsewhere attention with sinks runs explicit.
         if pattern_hooked or (self.sink_logits is not None and x.device.type != "cpu"):
@@ -447,7 +418,11 @@ class SparseTransformer(HookedRootModule):
         if self.cfg.bigram_table:
             if tokens is None:
                 raise ValueError("This model has a bigram table: pass tokens= so it can add the bigram logits.")
-            logits = logits + self.hook_bigram(self.bigram(tokens))
+            W_bigram = self.bigram.W_bigram
+            if is_hooked(self.hook_bigram) or not (logits.device.type == "cpu" and logits.dtype == W_bigram.dtype):
+                logits = logits + self.hook_bigram(self.bigram(tokens))
+            else:
+                logits = BigramLogitsCPU.apply(logits, W_bigram, tokens)
         return logits
 
     def forward(
@@ -495,8 +470,12 @@ class SparseTransformer(HookedRootModule):
 
     @staticmethod
     def next_token_loss(logits: Tensor, tokens: Tensor, per_token: bool = False) -> Tensor:
-        loss = F.cross_entropy(logits[:, :-1].flatten(0, 1), tokens[:, 1:].flatten(), reduction="none")
-        loss = loss.view(tokens.shape[0], -1)
+        """Cross-entropy of each position's logits against the next token: [batch, pos - 1], or its mean."""
+        # The last position has no next token: its target is ignored, rather than slicing the logits, whose
+        # backward would fill and copy a second [batch, pos, d_vocab] tensor.
+        targets = F.pad(tokens[:, 1:], (0, 1), value=-100)  # cross_entropy's default ignore_index
+        loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none")
+        loss = loss.view(tokens.shape)[:, :-1]
         return loss if per_token else loss.mean()
 
     def run_with_cache(self, *model_args, **kwargs) -> tuple[Tensor, ActivationCache]:
