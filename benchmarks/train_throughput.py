@@ -1,6 +1,6 @@
 """Training-step throughput of the weight-sparse recipe against a plain dense GPT, and its memory use.
 
-Prints one JSON line. Usage: python benchmarks/train_throughput.py [--config configs/sparse.yaml] [--steps N]
+Prints one JSON line. Usage: python benchmarks/train_throughput.py [--config FILE] [--steps N] [--rounds R]
 
 - sparse_tokens_per_s: a full `circuitlab.train.training_step` of the config's model (forward, backward,
   gradient rescaling, Adam, weight decay, top-k projection) at its final L0, where the projection costs most;
@@ -9,7 +9,9 @@ Prints one JSON line. Usage: python benchmarks/train_throughput.py [--config con
 - projection_fraction: the share of a sparse step spent in the top-k projection;
 - mfu: model FLOPs per second over a measured fp32 matmul peak (square matmuls, same threads);
 - peak_rss_gb: peak resident memory of a short real training run of the config (a subprocess).
-Timings alternate between the two models and report medians, so a busy machine hurts both alike.
+Timings alternate between the two models in rounds; sparse_vs_plain is the median over rounds of each round's
+speed ratio (with its range), so a busy machine hurts both alike. Both run under the trainer's process
+settings (`keep_freed_memory`: glibc's malloc reuses freed memory).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import torch.nn.functional as F
 
 from circuitlab.model import SparseTransformer
 from circuitlab.sparsity import lr_schedule, project_topk_
-from circuitlab.train import load_config, training_step
+from circuitlab.train import keep_freed_memory, load_config, training_step
 
 sys.path.insert(0, str(Path(__file__).parent))
 from model_throughput import PlainGPT, median_seconds  # noqa: E402  (shared with the model benchmark)
@@ -64,11 +66,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", type=Path, default=ROOT / "configs" / "sparse.yaml")
     parser.add_argument("--steps", type=int, default=4, help="timed steps per model per round")
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=9)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rss-steps", type=int, default=6, help="steps of the real run whose peak memory is read")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    keep_freed_memory()
     model_cfg, train_cfg = load_config(args.config)
     tokens = torch.randint(0, model_cfg.d_vocab, (train_cfg.batch_size, model_cfg.n_ctx))
     tokens_per_step = tokens.numel()
@@ -103,6 +106,8 @@ def main() -> None:
                 args.steps,
             )
         )
+    # Each round's two timings are seconds apart, so their ratio is steadier than either timing on a busy machine.
+    ratios = sorted(plain / sparse for sparse, plain in zip(sparse_times, plain_times, strict=True))
     sparse_seconds, plain_seconds = statistics.median(sparse_times), statistics.median(plain_times)
     peak = matmul_peak_flops()
     sparse_tokens_per_s = tokens_per_step / sparse_seconds
@@ -114,7 +119,8 @@ def main() -> None:
         "n_ctx": model_cfg.n_ctx,
         "sparse_tokens_per_s": round(sparse_tokens_per_s),
         "plain_tokens_per_s": round(tokens_per_step / plain_seconds),
-        "sparse_vs_plain": round(plain_seconds / sparse_seconds, 3),
+        "sparse_vs_plain": round(statistics.median(ratios), 3),
+        "sparse_vs_plain_range": [round(ratios[0], 3), round(ratios[-1], 3)],
         "projection_fraction": round(statistics.median(projection_times) / sparse_seconds, 4),
         "matmul_peak_gflops": round(peak / 1e9, 1),
         "mfu": round(flops_per_token(sparse) * sparse_tokens_per_s / peak, 4),

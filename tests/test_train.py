@@ -118,3 +118,27 @@ def test_torchrun_ranks_agree_and_match_a_single_process(tmp_path):
     single = SparseTransformer.from_pretrained(tmp_path / "single").state_dict()
     for name in single:
         torch.testing.assert_close(ddp[name], single[name], rtol=1e-4, atol=1e-5, msg=name)
+
+
+PAGE_FAULTS_OF_TEN_TENSORS = """
+import resource, sys, torch
+from circuitlab.train import keep_freed_memory
+if sys.argv[1] == "keep":
+    keep_freed_memory()
+torch.ones(16 << 20)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(10):
+    torch.ones(16 << 20)  # 64 MiB, made and freed
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="tunes glibc's malloc")
+def test_keep_freed_memory_reuses_pages_instead_of_faulting_in_new_ones():
+    def page_faults(mode: str) -> int:
+        command = [sys.executable, "-c", PAGE_FAULTS_OF_TEN_TENSORS, mode]
+        return int(subprocess.run(command, check=True, capture_output=True, text=True).stdout)
+
+    pages_per_tensor = (64 << 20) // os.sysconf("SC_PAGE_SIZE")
+    assert page_faults("default") >= 9 * pages_per_tensor  # each tensor gets fresh pages
+    assert page_faults("keep") <= 2 * pages_per_tensor

@@ -16,10 +16,13 @@ from __future__ import annotations
 
 import argparse
 import csv
+import ctypes
+import ctypes.util
 import dataclasses
 import json
 import os
 import shutil
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -258,6 +261,24 @@ def decayed_parameters(model: SparseTransformer) -> list[torch.nn.Parameter]:
     return [p for name, p in model.named_parameters() if p.ndim >= 2 and not name.endswith(NO_DECAY_SUFFIXES)]
 
 
+def keep_freed_memory() -> None:
+    """Let glibc's malloc keep freed memory for reuse instead of handing it back to the system (Linux only).
+
+    A training step allocates and frees the same large tensors every time. By default glibc serves each of
+    them with fresh pages, which the kernel must fault in and zero, thousands per step: on the shipped
+    sparse configuration that is about a tenth of a step (`benchmarks/train_throughput.py`). This does
+    what PyTorch's CPU tuning guide gets from preloading jemalloc or tcmalloc; the process keeps its peak
+    memory until it exits.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    libc = ctypes.CDLL(ctypes.util.find_library("c"))
+    m_trim_threshold, m_mmap_threshold = -1, -3  # mallopt parameters, from glibc's malloc.h
+    if hasattr(libc, "mallopt"):
+        libc.mallopt(m_mmap_threshold, 1 << 30)  # up to 1 GiB from the reusable heap, not from fresh mappings
+        libc.mallopt(m_trim_threshold, 1 << 30)  # give back free memory only beyond 1 GiB
+
+
 def training_step(
     model: SparseTransformer,
     optimizer: torch.optim.Optimizer,
@@ -297,6 +318,7 @@ def train(model_cfg: SparseTransformerConfig, cfg: TrainConfig, progress: bool =
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    keep_freed_memory()
     torch.manual_seed(cfg.seed)
     is_main = rank == 0
     out_dir = Path(cfg.out_dir)
