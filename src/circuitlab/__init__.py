@@ -1,8 +1,8 @@
 """circuitlab: weight-sparse transformers with interpretable circuits (Gao et al. 2025), on a CPU.
 
 The boxes of the pipeline, one module each: `tokenizer`, `corpus`, `synthetic`, `tasks` (data);
-`model`, `abstopk`, `config`, `checkpoint`, `compat` (the SparseTransformer); `sparsity`, `train` (weight-sparse
-training); `prune`, `circuit`, `plotting` (circuits).
+`model`, `abstopk`, `fused`, `config`, `checkpoint`, `compat` (the SparseTransformer); `sparsity`, `train`
+(weight-sparse training); `prune`, `circuit`, `plotting` (circuits).
 """
 
 from circuitlab.circuit import Circuit
