@@ -419,10 +419,11 @@ class SparseTransformer(HookedRootModule):
             if tokens is None:
                 raise ValueError("This model has a bigram table: pass tokens= so it can add the bigram logits.")
             W_bigram = self.bigram.W_bigram
-            if is_hooked(self.hook_bigram) or not (logits.device.type == "cpu" and logits.dtype == W_bigram.dtype):
-                logits = logits + self.hook_bigram(self.bigram(tokens))
-            else:
+            fusable = logits.device.type == "cpu" and logits.dtype == W_bigram.dtype == torch.float32
+            if fusable and not is_hooked(self.hook_bigram):
                 logits = BigramLogitsCPU.apply(logits, W_bigram, tokens)
+            else:
+                logits = logits + self.hook_bigram(self.bigram(tokens))
         return logits
 
     def forward(
