@@ -1,5 +1,8 @@
 """AbsTopK: the compiled CPU kernel against the torch.topk reference, ties, gradients and fallbacks."""
 
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -79,3 +82,39 @@ def test_module_rounds_k_up_and_is_identity_when_dense():
     assert AbsTopK(10, 0.25).k == 3
     x = torch.randn(2, 10)
     assert AbsTopK(10, None)(x) is x
+
+
+@pytest.fixture
+def torch_threads():
+    """Set torch's thread count inside a test; restored afterwards."""
+    before = torch.get_num_threads()
+    yield torch.set_num_threads
+    torch.set_num_threads(before)
+
+
+def test_kernel_gives_the_same_rows_on_one_thread_and_on_several(torch_threads):
+    x = torch.randn(1001, 128, generator=torch.Generator().manual_seed(0))  # rows split unevenly over threads
+    torch_threads(1)
+    serial = abs_topk(x, 32)
+    torch_threads(2)
+    assert torch.equal(abs_topk(x, 32), serial)
+    assert torch.equal(serial, topk_reference(x, 32))
+
+
+THREADS_STARTED_BY_A_ONE_THREAD_STEP = """
+import os, torch
+torch.set_num_threads(1)
+from circuitlab import SparseTransformer, SparseTransformerConfig
+model = SparseTransformer(SparseTransformerConfig(n_layers=1, d_model=32, n_heads=2, d_head=16, d_vocab=64))
+tokens = torch.randint(0, 64, (8, 64))
+before = len(os.listdir("/proc/self/task"))
+model(tokens, return_type="loss").backward()  # 512 rows: enough to split over threads
+print(len(os.listdir("/proc/self/task")) - before)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="counts threads in /proc")
+def test_one_thread_starts_no_kernel_threads():
+    """numba's OpenMP threads spin between calls: a one-thread run must not start them."""
+    command = [sys.executable, "-c", THREADS_STARTED_BY_A_ONE_THREAD_STEP]
+    assert subprocess.run(command, check=True, capture_output=True, text=True).stdout.strip() == "0"

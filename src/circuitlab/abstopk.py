@@ -24,10 +24,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from circuitlab.fused import match_torch_threads
+from circuitlab.fused import run_over_rows
 
 _MAGNITUDE_BITS = np.int32(0x7FFFFFFF)  # a float32's bits without the sign
-_ROWS_PER_BLOCK = 32  # rows searched one after another, each starting from the previous row's threshold
 
 
 @numba.njit(cache=True, boundscheck=False)
@@ -76,26 +75,32 @@ def _kth_largest_magnitude(row: np.ndarray, k: int, guess: np.int64) -> tuple[np
     return lo, False, count_hi
 
 
-@numba.njit(parallel=True, cache=True, boundscheck=False)
-def _abs_topk_rows(x: np.ndarray, k: int, out: np.ndarray, keep: np.ndarray) -> None:
-    """Each row of `x` ([rows, width], float32): `keep` is 1 at its k largest |x|, else 0; `out` is x * keep."""
+@numba.njit(cache=True, boundscheck=False)
+def _abs_topk_rows(x: np.ndarray, k: int, out: np.ndarray, keep: np.ndarray, start: int, stop: int) -> None:
+    """Rows [start, stop) of `x` ([rows, width], float32): `keep` is 1 at each row's k largest |x|, else 0;
+    `out` is x * keep. Each row's search starts from the previous row's threshold."""
     bits = x.view(np.int32)
-    rows, width = x.shape
     one, zero = np.float32(1), np.float32(0)
-    for block in numba.prange((rows + _ROWS_PER_BLOCK - 1) // _ROWS_PER_BLOCK):
-        guess = np.int64(-1)
-        for r in range(block * _ROWS_PER_BLOCK, min(rows, (block + 1) * _ROWS_PER_BLOCK)):
-            threshold, exact, n_above = _kth_largest_magnitude(bits[r], k, guess)
-            guess = threshold
-            ties_to_keep = k - n_above  # entries equal to the threshold kept, lowest indices first
-            for j in range(width):
-                magnitude = bits[r, j] & _MAGNITUDE_BITS
-                kept = magnitude >= threshold if exact else magnitude > threshold
-                if not exact and magnitude == threshold and ties_to_keep > 0:
-                    kept = True
-                    ties_to_keep -= 1
-                keep[r, j] = one if kept else zero
-                out[r, j] = x[r, j] if kept else zero
+    guess = np.int64(-1)
+    for r in range(start, stop):
+        threshold, exact, n_above = _kth_largest_magnitude(bits[r], k, guess)
+        guess = threshold
+        ties_to_keep = k - n_above  # entries equal to the threshold kept, lowest indices first
+        for j in range(x.shape[1]):
+            magnitude = bits[r, j] & _MAGNITUDE_BITS
+            kept = magnitude >= threshold if exact else magnitude > threshold
+            if not exact and magnitude == threshold and ties_to_keep > 0:
+                kept = True
+                ties_to_keep -= 1
+            keep[r, j] = one if kept else zero
+            out[r, j] = x[r, j] if kept else zero
+
+
+@numba.njit(parallel=True, cache=True)
+def _abs_topk_rows_parallel(x: np.ndarray, k: int, out: np.ndarray, keep: np.ndarray, n_chunks: int) -> None:
+    for chunk in numba.prange(n_chunks):
+        n = x.shape[0]
+        _abs_topk_rows(x, k, out, keep, n * chunk // n_chunks, n * (chunk + 1) // n_chunks)
 
 
 def _uses_kernel(x: Tensor) -> bool:
@@ -106,8 +111,7 @@ def _select_with_kernel(x: Tensor, k: int) -> tuple[Tensor, Tensor]:
     """(x with all but its top-k magnitudes zeroed, the float 0/1 keep mask), both shaped like x."""
     rows = x.detach().contiguous().view(-1, x.shape[-1])
     out, keep = torch.empty_like(rows), torch.empty_like(rows)
-    match_torch_threads()
-    _abs_topk_rows(rows.numpy(), k, out.numpy(), keep.numpy())
+    run_over_rows(_abs_topk_rows, _abs_topk_rows_parallel, len(rows), rows.numpy(), k, out.numpy(), keep.numpy())
     return out.view(x.shape), keep.view(x.shape)
 
 

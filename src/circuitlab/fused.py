@@ -8,15 +8,30 @@ first copying the looked-up rows out of the table.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numba
 import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+_MIN_ROWS_PER_THREAD = 64  # fewer rows than this per thread are not worth a parallel region
 
-def match_torch_threads() -> None:
-    """Let numba's parallel kernels use as many threads as PyTorch (`torch.set_num_threads`)."""
-    numba.set_num_threads(min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
+
+def run_over_rows(serial: Callable[..., None], parallel: Callable[..., None], n_rows: int, *args) -> None:
+    """Run a row kernel on as many threads as PyTorch uses (`torch.set_num_threads`).
+
+    `serial(*args, start, stop)` does rows [start, stop); `parallel(*args, n_chunks)` splits the rows into
+    chunks over numba's threads. On one thread the serial kernel runs alone and numba starts no threads:
+    its OpenMP threads keep spinning after a parallel call, so a one-thread run that used them took about
+    1.4 cores, and two such runs side by side slowed each other fivefold.
+    """
+    n_threads = min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS, n_rows // _MIN_ROWS_PER_THREAD)
+    if n_threads <= 1:
+        serial(*args, 0, n_rows)
+    else:
+        numba.set_num_threads(n_threads)
+        parallel(*args, n_threads)
 
 
 class SinkAttentionCPU(torch.autograd.Function):
@@ -49,13 +64,20 @@ class SinkAttentionCPU(torch.autograd.Function):
         return grad_q, grad_k, grad_v, grad_sink
 
 
-@numba.njit(parallel=True, cache=True, boundscheck=False)
-def _add_table_rows(x, table, index, out) -> None:
-    """out[i] = x[i] + table[index[i]] for every row i."""
-    for i in numba.prange(x.shape[0]):
+@numba.njit(cache=True, boundscheck=False)
+def _add_table_rows(x, table, index, out, start: int, stop: int) -> None:
+    """out[i] = x[i] + table[index[i]] for rows i in [start, stop)."""
+    for i in range(start, stop):
         row = index[i]
         for j in range(x.shape[1]):
             out[i, j] = x[i, j] + table[row, j]
+
+
+@numba.njit(parallel=True, cache=True)
+def _add_table_rows_parallel(x, table, index, out, n_chunks: int) -> None:
+    for chunk in numba.prange(n_chunks):
+        n = x.shape[0]
+        _add_table_rows(x, table, index, out, n * chunk // n_chunks, n * (chunk + 1) // n_chunks)
 
 
 class BigramLogitsCPU(torch.autograd.Function):
@@ -70,8 +92,8 @@ class BigramLogitsCPU(torch.autograd.Function):
             raise IndexError(f"Token ids must lie in [0, {n_vocab}) to look up the bigram table.")
         rows = logits.detach().contiguous().view(-1, logits.shape[-1])
         out = torch.empty_like(rows)
-        match_torch_threads()
-        _add_table_rows(rows.numpy(), W_bigram.detach().contiguous().numpy(), index.numpy(), out.numpy())
+        arrays = rows.numpy(), W_bigram.detach().contiguous().numpy(), index.numpy(), out.numpy()
+        run_over_rows(_add_table_rows, _add_table_rows_parallel, len(rows), *arrays)
         ctx.save_for_backward(index)
         ctx.n_vocab = n_vocab
         return out.view(logits.shape)
