@@ -3,7 +3,8 @@
 Each computes what the model's plain PyTorch code computes (a test checks values and gradients), in fewer
 passes over memory: `SinkAttentionCPU` runs attention with sinks on the causal flash-attention kernels and
 never holds a [pos, pos] pattern; `BigramLogitsCPU` adds the bigram table's rows to the logits without
-first copying the looked-up rows out of the table.
+first copying the looked-up rows out of the table. `run_over_rows` is how the compiled row kernels (the
+bigram's here, AbsTopK's in `circuitlab.abstopk`) use threads.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ def run_over_rows(serial: Callable[..., None], parallel: Callable[..., None], n_
     `serial(*args, start, stop)` does rows [start, stop); `parallel(*args, n_chunks)` splits the rows into
     chunks over numba's threads. On one thread the serial kernel runs alone and numba starts no threads:
     its OpenMP threads keep spinning after a parallel call, so a one-thread run that used them took about
-    1.4 cores, and two such runs side by side slowed each other fivefold.
+    1.4 cores, and two such runs side by side slowed each other about tenfold.
     """
     n_threads = min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS, n_rows // _MIN_ROWS_PER_THREAD)
     if n_threads <= 1:
