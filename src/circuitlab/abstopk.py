@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from circuitlab.fused import run_over_rows
+from circuitlab.fused import run_over_rows, takes_compiled_kernels
 
 _MAGNITUDE_BITS = np.int32(0x7FFFFFFF)  # a float32's bits without the sign
 
@@ -98,13 +98,9 @@ def _abs_topk_rows(x: np.ndarray, k: int, out: np.ndarray, keep: np.ndarray, sta
 
 @numba.njit(parallel=True, cache=True)
 def _abs_topk_rows_parallel(x: np.ndarray, k: int, out: np.ndarray, keep: np.ndarray, n_chunks: int) -> None:
+    n = x.shape[0]
     for chunk in numba.prange(n_chunks):
-        n = x.shape[0]
         _abs_topk_rows(x, k, out, keep, n * chunk // n_chunks, n * (chunk + 1) // n_chunks)
-
-
-def _uses_kernel(x: Tensor) -> bool:
-    return x.device.type == "cpu" and x.dtype == torch.float32 and x.numel() > 0
 
 
 def _select_with_kernel(x: Tensor, k: int) -> tuple[Tensor, Tensor]:
@@ -119,7 +115,7 @@ def abs_topk_mask(x: Tensor, k: int) -> Tensor:
     """Boolean mask of exactly the `k` largest-magnitude entries along the last dim."""
     if k >= x.shape[-1]:
         return torch.ones_like(x, dtype=torch.bool)
-    if _uses_kernel(x):
+    if takes_compiled_kernels(x):
         return _select_with_kernel(x, k)[1].bool()
     index = x.detach().abs().topk(k, dim=-1, sorted=False).indices
     return torch.zeros_like(x, dtype=torch.bool).scatter_(-1, index, True)
@@ -144,7 +140,7 @@ def abs_topk(x: Tensor, k: int) -> Tensor:
     """Keep exactly the `k` largest-magnitude entries of each vector along the last dim; zero the rest."""
     if k >= x.shape[-1]:
         return x
-    if _uses_kernel(x):
+    if takes_compiled_kernels(x):
         return _CompiledAbsTopK.apply(x, k)
     return x * abs_topk_mask(x, k)
 

@@ -19,6 +19,11 @@ from torch.autograd.function import once_differentiable
 _MIN_ROWS_PER_THREAD = 64  # fewer rows than this per thread are not worth a parallel region
 
 
+def takes_compiled_kernels(*tensors: Tensor) -> bool:
+    """Whether the compiled row kernels can run on these tensors: all on the CPU, all float32."""
+    return all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors)
+
+
 def run_over_rows(serial: Callable[..., None], parallel: Callable[..., None], n_rows: int, *args) -> None:
     """Run a row kernel on as many threads as PyTorch uses (`torch.set_num_threads`).
 
@@ -76,8 +81,8 @@ def _add_table_rows(x, table, index, out, start: int, stop: int) -> None:
 
 @numba.njit(parallel=True, cache=True)
 def _add_table_rows_parallel(x, table, index, out, n_chunks: int) -> None:
+    n = x.shape[0]
     for chunk in numba.prange(n_chunks):
-        n = x.shape[0]
         _add_table_rows(x, table, index, out, n * chunk // n_chunks, n * (chunk + 1) // n_chunks)
 
 

@@ -28,7 +28,7 @@ from transformer_lens.hook_points import HookPoint
 
 from circuitlab.abstopk import AbsTopK
 from circuitlab.config import SparseTransformerConfig
-from circuitlab.fused import BigramLogitsCPU, SinkAttentionCPU
+from circuitlab.fused import BigramLogitsCPU, SinkAttentionCPU, takes_compiled_kernels
 
 # The eight places whose channels are the nodes of a circuit: location -> hook name template.
 NODE_LOCATIONS: dict[str, str] = {
@@ -419,8 +419,7 @@ class SparseTransformer(HookedRootModule):
             if tokens is None:
                 raise ValueError("This model has a bigram table: pass tokens= so it can add the bigram logits.")
             W_bigram = self.bigram.W_bigram
-            fusable = logits.device.type == "cpu" and logits.dtype == W_bigram.dtype == torch.float32
-            if fusable and not is_hooked(self.hook_bigram):
+            if takes_compiled_kernels(logits, W_bigram) and not is_hooked(self.hook_bigram):
                 logits = BigramLogitsCPU.apply(logits, W_bigram, tokens)
             else:
                 logits = logits + self.hook_bigram(self.bigram(tokens))
