@@ -203,7 +203,9 @@ def test_config_rejects_bad_values_and_unknown_keys():
         SparseTransformerConfig(afrac=1.5)
     with pytest.raises(ValueError, match="normalization_type"):
         SparseTransformerConfig(normalization_type="batch")
-    with pytest.raises(ValueError, match="Unknown SparseTransformerConfig field.*n_layer"):
+    with pytest.raises(
+        ValueError, match=r"unknown SparseTransformerConfig field\(s\) \['n_layer'\]. Valid fields: n_layers"
+    ):
         SparseTransformerConfig.from_dict({"n_layer": 2})
     with pytest.raises(ValueError, match="newer than this circuitlab"):
         SparseTransformerConfig(format_version=99)

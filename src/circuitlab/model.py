@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from transformer_lens import ActivationCache, HookedRootModule
 from transformer_lens.hook_points import HookPoint
 
+from circuitlab import checkpoint
 from circuitlab.abstopk import AbsTopK
 from circuitlab.config import SparseTransformerConfig
 from circuitlab.fused import BigramLogitsCPU, SinkAttentionCPU, takes_compiled_kernels
@@ -568,12 +569,8 @@ class SparseTransformer(HookedRootModule):
     # ------------------------------------------------------------------ checkpoints
 
     def save_pretrained(self, directory: str | Path, overwrite: bool = False) -> Path:
-        from circuitlab.checkpoint import save_model
-
-        return save_model(self, directory, overwrite=overwrite)
+        return checkpoint.save_model(self, directory, overwrite=overwrite)
 
     @classmethod
     def from_pretrained(cls, directory: str | Path) -> SparseTransformer:
-        from circuitlab.checkpoint import load_model
-
-        return load_model(directory)
+        return checkpoint.load_model(directory, cls)

@@ -34,6 +34,7 @@ import yaml
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from circuitlab import checkpoint
 from circuitlab.config import SparseTransformerConfig
 from circuitlab.corpus import TokenSampler, load_token_streams
 from circuitlab.model import SparseTransformer
@@ -342,7 +343,7 @@ def train(model_cfg: SparseTransformerConfig, cfg: TrainConfig, progress: bool =
     val_sampler = TokenSampler(streams, "val", model_cfg.n_ctx, cfg.synthetic_fraction, VAL_SEED)
     metrics = read_metrics(out_dir / "metrics.csv", start_step) if is_main else []
     if is_main:
-        model_cfg.save(out_dir / "config.json")
+        checkpoint.write_text_atomic(out_dir / checkpoint.CONFIG_FILE, checkpoint.config_json(model_cfg))
         (out_dir / "train_config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
     local_batch = cfg.batch_size // world_size
     tokens_per_step = cfg.batch_size * model_cfg.n_ctx
