@@ -404,6 +404,11 @@ class SparseTransformer(HookedRootModule):
                 f"The input is {tokens.shape[-1]} tokens long but this model's n_ctx is {self.cfg.n_ctx}; "
                 f"keep the last n_ctx tokens (tokens[:, -{self.cfg.n_ctx}:]) or shorten the prompt."
             )
+        if tokens.numel() and not 0 <= int(tokens.min()) <= int(tokens.max()) < self.cfg.d_vocab:
+            raise IndexError(
+                f"Token ids must lie in [0, {self.cfg.d_vocab}) (this model's d_vocab); these run from "
+                f"{int(tokens.min())} to {int(tokens.max())}. Tokenize with the model's own tokenizer (to_tokens)."
+            )
         return tokens
 
     def embed_tokens(self, tokens: Tensor) -> Tensor:
