@@ -134,6 +134,15 @@ def test_bad_residual_site_and_missing_tokens_are_explained(model, tokens):
         model(resid, start_at="blocks.0.hook_resid_mid", tokens=tokens + TINY.d_vocab)
 
 
+def test_token_ids_outside_the_vocabulary_are_named(model, tokens):
+    with pytest.raises(
+        IndexError, match=r"Token ids must lie in \[0, 50\) \(this model's d_vocab\); these run from \d+ to 50"
+    ):
+        model(torch.cat([tokens, torch.full((3, 1), TINY.d_vocab)], dim=1))
+    with pytest.raises(IndexError, match=r"these run from -1 to"):
+        model(torch.cat([torch.full((3, 1), -1), tokens], dim=1), return_type="loss")
+
+
 def test_prompt_longer_than_n_ctx_is_a_clear_error(model):
     with pytest.raises(ValueError, match="n_ctx is 24"):
         model(torch.zeros(1, 25, dtype=torch.long))
@@ -203,7 +212,9 @@ def test_config_rejects_bad_values_and_unknown_keys():
         SparseTransformerConfig(afrac=1.5)
     with pytest.raises(ValueError, match="normalization_type"):
         SparseTransformerConfig(normalization_type="batch")
-    with pytest.raises(ValueError, match="Unknown SparseTransformerConfig field.*n_layer"):
+    with pytest.raises(
+        ValueError, match=r"unknown SparseTransformerConfig field\(s\) \['n_layer'\]. Valid fields: n_layers"
+    ):
         SparseTransformerConfig.from_dict({"n_layer": 2})
     with pytest.raises(ValueError, match="newer than this circuitlab"):
         SparseTransformerConfig(format_version=99)

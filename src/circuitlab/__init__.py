@@ -2,7 +2,8 @@
 
 The boxes of the pipeline, one module each: `tokenizer`, `corpus`, `synthetic`, `tasks` (data);
 `model`, `abstopk`, `fused`, `config`, `checkpoint`, `compat` (the SparseTransformer); `sparsity`, `train`
-(weight-sparse training); `prune`, `circuit`, `plotting` (circuits).
+(weight-sparse training); `prune`, `circuit`, `plotting` (circuits); `settings` (reading configs, overrides
+and parameters).
 """
 
 from circuitlab.circuit import Circuit

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
+
+from circuitlab import settings
 
 CONFIG_FORMAT_VERSION = 1
 
@@ -50,40 +50,36 @@ class SparseTransformerConfig:
     format_version: int = field(default=CONFIG_FORMAT_VERSION)
 
     def __post_init__(self) -> None:
+        settings.coerce_fields(self)
         if self.d_mlp is None:
             self.d_mlp = 4 * self.d_model
         self.validate()
 
     def validate(self) -> None:
-        """Raise a ValueError naming every field whose value cannot build a model."""
+        """Raise a SettingsError naming every field whose value cannot build a model."""
         problems = []
-        for name in ("n_layers", "d_model", "n_heads", "d_head", "d_mlp", "d_vocab", "n_ctx"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value <= 0:
-                problems.append(f"{name}={value!r} must be a positive integer")
-        if self.act_fn not in ACT_FNS:
-            problems.append(f"act_fn={self.act_fn!r} must be one of {ACT_FNS}")
-        if self.normalization_type not in NORMALIZATION_TYPES:
-            problems.append(f"normalization_type={self.normalization_type!r} must be one of {NORMALIZATION_TYPES}")
-        if self.positional_embedding_type not in POSITIONAL_EMBEDDING_TYPES:
-            problems.append(
-                f"positional_embedding_type={self.positional_embedding_type!r} must be one of "
-                f"{POSITIONAL_EMBEDDING_TYPES}"
-            )
-        if self.afrac is not None and not 0 < self.afrac <= 1:
-            problems.append(f"afrac={self.afrac!r} must be in (0, 1], or None for dense activations")
-        for name in ("weight_l0", "embed_l0"):
-            if not 0 < getattr(self, name) <= 1:
-                problems.append(f"{name}={getattr(self, name)!r} must be in (0, 1]")
-        if self.min_weights_per_unit < 0:
-            problems.append(f"min_weights_per_unit={self.min_weights_per_unit!r} must be >= 0")
         if self.format_version > CONFIG_FORMAT_VERSION:
             problems.append(
                 f"format_version={self.format_version} is newer than this circuitlab understands "
                 f"({CONFIG_FORMAT_VERSION}); upgrade circuitlab to load it"
             )
-        if problems:
-            raise ValueError("Invalid SparseTransformerConfig: " + "; ".join(problems))
+        positive, fraction = settings.at_least(1), settings.between(0, 1, open_low=True)
+        settings.check(
+            self,
+            {
+                **dict.fromkeys(("n_layers", "d_model", "n_heads", "d_head", "d_mlp", "d_vocab", "n_ctx"), positive),
+                "act_fn": settings.one_of(ACT_FNS),
+                "normalization_type": settings.one_of(NORMALIZATION_TYPES),
+                "positional_embedding_type": settings.one_of(POSITIONAL_EMBEDDING_TYPES),
+                "eps": settings.above(0),
+                "init_range": settings.at_least(0),
+                "afrac": fraction,  # or None: dense activations
+                "weight_l0": fraction,
+                "embed_l0": fraction,
+                "min_weights_per_unit": settings.at_least(0),
+            },
+            problems,
+        )
 
     @property
     def attn_only(self) -> bool:
@@ -98,24 +94,11 @@ class SparseTransformerConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> SparseTransformerConfig:
-        """Build a config, rejecting unknown keys with the list of valid ones."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"Unknown SparseTransformerConfig field(s) {unknown}. Valid fields: {sorted(known)}")
-        return cls(**values)
-
-    def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
-
-    @classmethod
-    def load(cls, path: str | Path) -> SparseTransformerConfig:
-        try:
-            values = json.loads(Path(path).read_text())
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path} is not valid JSON ({err}); the checkpoint's config is corrupt") from err
-        return cls.from_dict(values)
+    def from_dict(
+        cls, values: dict[str, Any], source: str = "SparseTransformerConfig.from_dict"
+    ) -> SparseTransformerConfig:
+        """Build a config from a mapping (`settings.build`: unknown keys refused with the list of valid ones)."""
+        return settings.build(cls, values, source)
 
     @classmethod
     def dense_twin(cls, cfg: SparseTransformerConfig, **changes: Any) -> SparseTransformerConfig:

@@ -7,14 +7,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import pandas as pd
 import torch
 
-from circuitlab import tasks
+from circuitlab import settings, tasks
+from circuitlab.checkpoint import CheckpointError
 from circuitlab.corpus import TokenSampler, load_token_streams
 from circuitlab.model import SparseTransformer
+from circuitlab.settings import SettingsError
 from circuitlab.tasks import make_batch, task_accuracy, task_loss
 
 CASE_STUDIES = ("single_double_quote", "bracket_counting", "set_or_string")
@@ -30,14 +33,18 @@ def validation_loss(model: SparseTransformer, source: str = "real", n_batches: i
 
 @torch.no_grad()
 def task_scores(model: SparseTransformer, name: str, n_pairs: int = 500, batch_pairs: int = 100) -> dict[str, float]:
-    """Accuracy and mean per-prompt task loss on held-out (test split) templated pairs."""
+    """Accuracy and mean per-prompt task loss on `n_pairs` held-out (test split) templated pairs, drawn in batches
+    of `batch_pairs` (the last one smaller when `n_pairs` is not a multiple)."""
+    if n_pairs < 1:
+        raise ValueError(f"n_pairs={n_pairs} must be at least 1")
     task, losses, correct = tasks.get(name), [], []
-    for seed in range(n_pairs // batch_pairs):
-        batch = task.batch(model.tokenizer, "test", batch_pairs, seed=seed, n_ctx=model.cfg.n_ctx)
+    for seed, start in enumerate(range(0, n_pairs, batch_pairs)):
+        size = min(batch_pairs, n_pairs - start)
+        batch = task.batch(model.tokenizer, "test", size, seed=seed, n_ctx=model.cfg.n_ctx)
         logits = model(batch.tokens)
-        losses.append(task_loss(logits, batch).item())
-        correct.append(task_accuracy(logits, batch))
-    return {"accuracy": sum(correct) / len(correct), "loss": sum(losses) / len(losses)}
+        losses.append(task_loss(logits, batch).item() * size)
+        correct.append(task_accuracy(logits, batch) * size)
+    return {"accuracy": sum(correct) / n_pairs, "loss": sum(losses) / n_pairs}
 
 
 @torch.no_grad()
@@ -118,10 +125,19 @@ def report(checkpoints: list[Path], n_pairs: int) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Evaluate checkpoints on held-out code and every task.")
     parser.add_argument("checkpoints", nargs="+", type=Path)
-    parser.add_argument("--pairs", type=int, default=500, help="held-out pairs per task")
+    parser.add_argument("--pairs", default="500", help="held-out pairs per task (at least 1)")
     parser.add_argument("--out", type=Path, help="write the markdown here instead of printing it")
     args = parser.parse_args(argv)
-    text = report(args.checkpoints, args.pairs)
+    try:
+        pairs = settings.coerce(args.pairs, int, "--pairs")
+    except SettingsError as err:
+        parser.error(str(err))
+    if pairs < 1:
+        parser.error(f"--pairs={pairs} must be at least 1")
+    try:
+        text = report(args.checkpoints, pairs)
+    except (CheckpointError, SettingsError, FileNotFoundError) as err:
+        sys.exit(f"circuitlab.evaluate: error: {err}")
     if args.out:
         command = f"python -m circuitlab.evaluate {' '.join(map(str, args.checkpoints))} --out {args.out}"
         header = f"# The shipped models\n\nEvaluated by `{command}`; the README says how each was trained.\n\n"

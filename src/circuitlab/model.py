@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from transformer_lens import ActivationCache, HookedRootModule
 from transformer_lens.hook_points import HookPoint
 
+from circuitlab import checkpoint
 from circuitlab.abstopk import AbsTopK
 from circuitlab.config import SparseTransformerConfig
 from circuitlab.fused import BigramLogitsCPU, SinkAttentionCPU, takes_compiled_kernels
@@ -403,6 +404,11 @@ class SparseTransformer(HookedRootModule):
                 f"The input is {tokens.shape[-1]} tokens long but this model's n_ctx is {self.cfg.n_ctx}; "
                 f"keep the last n_ctx tokens (tokens[:, -{self.cfg.n_ctx}:]) or shorten the prompt."
             )
+        if tokens.numel() and not 0 <= int(tokens.min()) <= int(tokens.max()) < self.cfg.d_vocab:
+            raise IndexError(
+                f"Token ids must lie in [0, {self.cfg.d_vocab}) (this model's d_vocab); these run from "
+                f"{int(tokens.min())} to {int(tokens.max())}. Tokenize with the model's own tokenizer (to_tokens)."
+            )
         return tokens
 
     def embed_tokens(self, tokens: Tensor) -> Tensor:
@@ -568,12 +574,8 @@ class SparseTransformer(HookedRootModule):
     # ------------------------------------------------------------------ checkpoints
 
     def save_pretrained(self, directory: str | Path, overwrite: bool = False) -> Path:
-        from circuitlab.checkpoint import save_model
-
-        return save_model(self, directory, overwrite=overwrite)
+        return checkpoint.save_model(self, directory, overwrite=overwrite)
 
     @classmethod
     def from_pretrained(cls, directory: str | Path) -> SparseTransformer:
-        from circuitlab.checkpoint import load_model
-
-        return load_model(directory)
+        return checkpoint.load_model(directory, cls)

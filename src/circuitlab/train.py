@@ -8,8 +8,12 @@ Each step: next-token loss on a batch of real and synthetic Python, gradients re
 its top-k magnitudes with k annealed from dense (`circuitlab.sparsity`).
 
 The output folder ends up as a loadable checkpoint (`SparseTransformer.from_pretrained(out_dir)`) that also
-holds `metrics.csv`, `train_config.json` and a resumable `checkpoint/` (model, Adam state, step and RNG;
-safetensors + JSON).
+holds `metrics.csv`, `train_config.json`, the newest resumable state in `checkpoints/step-NNNNNNN/` (model,
+Adam state, step and RNG; safetensors + JSON) and the marker `circuitlab-run.json`. Every file is written
+aside and renamed into place (`circuitlab.checkpoint`), so a crash at any moment leaves a complete state and
+the whole metrics history; `--resume` continues from the newest complete state and says which step that is.
+`--overwrite` replaces only what the trainer wrote, and only in a folder that carries the marker. A loss or
+gradient that turns NaN or inf stops the run before the weights take the step, keeping the last good state.
 """
 
 from __future__ import annotations
@@ -19,24 +23,26 @@ import csv
 import ctypes
 import ctypes.util
 import dataclasses
+import io
 import json
+import math
 import os
 import shutil
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 import torch.distributed as dist
-import yaml
-from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from circuitlab import checkpoint, settings
+from circuitlab.checkpoint import CheckpointError, find_training_state, load_training_state, save_training_state
 from circuitlab.config import SparseTransformerConfig
 from circuitlab.corpus import TokenSampler, load_token_streams
 from circuitlab.model import SparseTransformer
+from circuitlab.settings import SettingsError
 from circuitlab.sparsity import l0_schedule, lr_schedule, normalize_gradients_, project_topk_
 
 METRIC_FIELDS = (
@@ -66,7 +72,20 @@ TRAJECTORY_FIELDS = (
     "seed",
 )
 VAL_SEED = 12345  # validation batches are the same for every run, so runs compare on the same text
-CHECKPOINT_DIR = "checkpoint"
+RUN_MARKER = "circuitlab-run.json"  # in every run folder: --overwrite replaces only folders that carry it
+METRICS_FILE = "metrics.csv"
+TRAIN_CONFIG_FILE = "train_config.json"
+RUN_FILES = (  # what the trainer writes into a run folder, and so what --overwrite may delete
+    RUN_MARKER,
+    METRICS_FILE,
+    TRAIN_CONFIG_FILE,
+    "ranks.json",
+    checkpoint.CONFIG_FILE,
+    checkpoint.WEIGHTS_FILE,
+    checkpoint.TOKENIZER_FILE,
+    checkpoint.STATES_DIR,
+    *checkpoint.OLD_STATE_DIRS,
+)
 
 
 @dataclass
@@ -100,53 +119,99 @@ class TrainConfig:
     seed: int = 0  # batches are a pure function of (seed, step)
     threads: int | None = None  # torch intra-op threads per process; None keeps torch's default
 
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"Unknown TrainConfig field(s) {unknown}. Valid fields: {sorted(known)}")
-        if "betas" in values:
-            values = {**values, "betas": tuple(values["betas"])}
-        return cls(**values)
+    def __post_init__(self) -> None:
+        settings.coerce_fields(self)
+        problems = []
+        if not all(0 <= beta < 1 for beta in self.betas):
+            problems.append(f"betas={self.betas!r} must each be in [0, 1)")
+        if self.l0_start_frac > self.l0_end_frac:
+            problems.append(
+                f"l0_start_frac={self.l0_start_frac!r} must not exceed l0_end_frac={self.l0_end_frac!r} "
+                "(the L0 anneal starts, then ends)"
+            )
+        if self.weight_decay * self.lr >= 1:
+            problems.append(
+                f"weight_decay * lr = {self.weight_decay * self.lr:g} must be below 1 (each step multiplies the "
+                "matrices by 1 - weight_decay * lr)"
+            )
+        positive, fraction = settings.at_least(1), settings.between(0, 1)
+        counts = ("steps", "batch_size", "eval_every", "eval_batches", "log_every", "checkpoint_every", "threads")
+        settings.check(
+            self,
+            {
+                **dict.fromkeys(counts, positive),
+                "lr": settings.above(0),
+                "eps": settings.above(0),
+                "weight_decay": settings.at_least(0),
+                **dict.fromkeys(("warmup_frac", "l0_start_frac", "l0_end_frac", "synthetic_fraction"), fraction),
+                "device": settings.one_of(("cpu", "cuda")),
+            },
+            problems,
+        )
+
+
+CONFIG_SECTIONS = {"model": SparseTransformerConfig, "train": TrainConfig}
 
 
 def load_config(path: str | Path, overrides: list[str] = ()) -> tuple[SparseTransformerConfig, TrainConfig]:
-    """Read a YAML file with `model:` and `train:` sections; `overrides` are "section.field=value" strings."""
-    raw = yaml.safe_load(Path(path).read_text()) or {}
-    unknown = sorted(set(raw) - {"model", "train"})
+    """Read a YAML file with `model:` and `train:` sections; `overrides` are "section.field=value" strings.
+    Every value is checked (`circuitlab.settings`); a problem is reported with the file or the override."""
+    raw = settings.read_mapping(path)
+    unknown = sorted(set(raw) - set(CONFIG_SECTIONS))
     if unknown:
-        raise ValueError(f"{path}: unknown section(s) {unknown}; a config has 'model:' and 'train:' sections")
-    sections = {"model": dict(raw.get("model") or {}), "train": dict(raw.get("train") or {})}
-    for override in overrides:
-        key, sep, value = override.partition("=")
-        section, _, field = key.partition(".")
-        if not sep or section not in sections or not field:
-            raise ValueError(f"--set {override!r}: use section.field=value, e.g. train.steps=100")
-        sections[section][field] = yaml.safe_load(value)
-    return SparseTransformerConfig.from_dict(sections["model"]), TrainConfig.from_dict(sections["train"])
+        raise SettingsError(f"{path}: unknown section(s) {unknown}; a config has 'model:' and 'train:' sections")
+    for item in overrides:
+        if item.partition(".")[0] not in CONFIG_SECTIONS:
+            raise SettingsError(f"--set {item!r}: use section.field=value, e.g. train.steps=100 or model.d_model=64")
+    configs = []
+    for section, cls in CONFIG_SECTIONS.items():
+        values = {} if raw.get(section) is None else raw[section]
+        mine = [item for item in overrides if item.startswith(f"{section}.")]
+        changes = settings.parse_overrides(cls, mine, prefix=f"{section}.")
+        source = f"{path}, {section}:" + "".join(f" --set {item}" for item in mine)
+        configs.append(settings.build(cls, {**values, **changes} if isinstance(values, dict) else values, source))
+    model_cfg, train_cfg = configs
+    return model_cfg, train_cfg
 
 
 # ------------------------------------------------------------------------------------------ output folder
 
 
-def prepare_out_dir(out_dir: Path, cfg: TrainConfig, is_main: bool) -> None:
-    """Refuse to write into a non-empty folder unless resuming or told to overwrite."""
-    if out_dir.exists() and any(out_dir.iterdir()) and not cfg.resume:
+def prepare_out_dir(out_dir: Path, cfg: TrainConfig) -> None:
+    """Make `out_dir` a run folder. A non-empty folder is refused unless resuming a run, or overwriting one that
+    carries the run marker; overwriting deletes only the files the trainer writes."""
+    entries = sorted(out_dir.iterdir()) if out_dir.is_dir() else []
+    is_run = (out_dir / RUN_MARKER).is_file()
+    if entries and not cfg.resume:
         if not cfg.overwrite:
             raise FileExistsError(
                 f"{out_dir} is not empty. Pass --resume to continue that run, --overwrite to replace it, "
                 "or choose another --out folder."
             )
-        if is_main:
-            shutil.rmtree(out_dir)
-    if is_main:
-        out_dir.mkdir(parents=True, exist_ok=True)
+        if not is_run:
+            raise FileExistsError(
+                f"{out_dir} was not written by circuitlab.train (it has no {RUN_MARKER}), so --overwrite leaves it "
+                "alone. Choose another --out folder, or empty this one yourself."
+            )
+        for entry in entries:
+            if entry.name.removeprefix(".").removesuffix(".tmp") in RUN_FILES:  # with files left mid-write
+                if entry.is_dir():
+                    shutil.rmtree(entry)
+                else:
+                    entry.unlink()
+    elif entries and not is_run and find_training_state(out_dir) is None:
+        raise FileExistsError(
+            f"{out_dir} holds no circuitlab run to resume (no {RUN_MARKER} and no checkpoint); choose another --out "
+            "folder."
+        )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if not is_run:
+        checkpoint.write_text_atomic(out_dir / RUN_MARKER, json.dumps({"written_by": "circuitlab.train"}) + "\n")
 
 
 def check_same_trajectory(saved_path: Path, cfg: TrainConfig) -> None:
     """A resumed run must use the settings its checkpoint was trained with, or it would silently diverge."""
-    saved = json.loads(saved_path.read_text())
+    saved = settings.read_mapping(saved_path)
     now = json.loads(json.dumps(dataclasses.asdict(cfg)))  # tuples become lists, like the saved file
     changed = [
         f"{name}: {saved.get(name)!r} -> {now[name]!r}" for name in TRAJECTORY_FIELDS if saved.get(name) != now[name]
@@ -158,57 +223,11 @@ def check_same_trajectory(saved_path: Path, cfg: TrainConfig) -> None:
         )
 
 
-# -------------------------------------------------------------------------------------------- checkpoints
-
-
-def save_checkpoint(directory: Path, model: SparseTransformer, optimizer: torch.optim.Optimizer, step: int) -> None:
-    """Model, Adam state (keyed by parameter name), step and RNG state, all safetensors/JSON; written to a
-    temporary folder, then swapped in, so a crash never leaves a half-written checkpoint."""
-    temporary = directory.with_name(directory.name + ".tmp")
-    shutil.rmtree(temporary, ignore_errors=True)
-    model.save_pretrained(temporary)
-    names = [name for name, _ in model.named_parameters()]
-    state = {
-        f"{names[index]}/{key}": torch.as_tensor(value).detach().cpu().contiguous()
-        for index, fields in optimizer.state_dict()["state"].items()
-        for key, value in fields.items()
-    }
-    save_file(state, temporary / "optimizer.safetensors")
-    rng = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        rng["cuda"] = torch.cuda.get_rng_state()
-    save_file(rng, temporary / "rng.safetensors")
-    (temporary / "trainer_state.json").write_text(json.dumps({"step": step}) + "\n")
-    shutil.rmtree(directory, ignore_errors=True)
-    temporary.rename(directory)
-
-
-def load_checkpoint(directory: Path, model: SparseTransformer, optimizer: torch.optim.Optimizer) -> int:
-    """Restore what `save_checkpoint` wrote into `model` and `optimizer`; returns the step to continue from."""
-    saved = SparseTransformer.from_pretrained(directory)
-    if saved.cfg != model.cfg:
-        raise ValueError(f"{directory} was trained with a different model config; resume with the same config.")
-    model.load_state_dict(saved.state_dict())
-    index = {name: i for i, (name, _) in enumerate(model.named_parameters())}
-    state: dict[int, dict[str, torch.Tensor]] = {}
-    for key, value in load_file(directory / "optimizer.safetensors").items():
-        name, _, field = key.rpartition("/")
-        state.setdefault(index[name], {})[field] = value
-    # load_state_dict moves the moments to each parameter's device and dtype
-    optimizer.load_state_dict({"state": state, "param_groups": optimizer.state_dict()["param_groups"]})
-    if (directory / "rng.safetensors").is_file():
-        rng = load_file(directory / "rng.safetensors")
-        torch.set_rng_state(rng["torch"])
-        if "cuda" in rng and torch.cuda.is_available():
-            torch.cuda.set_rng_state(rng["cuda"])
-    return json.loads((directory / "trainer_state.json").read_text())["step"]
-
-
 # ------------------------------------------------------------------------------------------------ metrics
 
 
 @torch.no_grad()
-def evaluate(model: SparseTransformer, sampler: TokenSampler, cfg: TrainConfig) -> tuple[float, float]:
+def validation_metrics(model: SparseTransformer, sampler: TokenSampler, cfg: TrainConfig) -> tuple[float, float]:
     """Validation loss on fixed batches, and the fraction of MLP neurons that never fire on them (zero after
     the activation and AbsTopK at every position of every batch)."""
     model.eval()
@@ -239,10 +258,12 @@ def read_metrics(path: Path, up_to_step: int) -> list[dict]:
 
 
 def write_metrics(path: Path, rows: list[dict]) -> None:
-    with path.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=METRIC_FIELDS)
-        writer.writeheader()
-        writer.writerows(rows)
+    """Replace the metrics table atomically: a crash mid-write leaves the previous table whole."""
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=METRIC_FIELDS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    checkpoint.write_text_atomic(path, text.getvalue())
 
 
 def mean_over_ranks(value: torch.Tensor, world_size: int) -> float:
@@ -279,6 +300,20 @@ def keep_freed_memory() -> None:
         libc.mallopt(m_trim_threshold, 1 << 30)  # give back free memory only beyond 1 GiB
 
 
+class TrainingDiverged(FloatingPointError):
+    """The loss, the gradients or the weights became NaN or inf; the message says where the last good state is."""
+
+
+def divergence(out_dir: Path, step: int, cfg: TrainConfig, reason: str) -> TrainingDiverged:
+    """The error that stops a run at `step`, saying which checkpoint survives and what to change."""
+    found = find_training_state(out_dir)
+    kept = f"the last good checkpoint, {found[0]} (step {found[1]}), is kept" if found else "no checkpoint was saved"
+    return TrainingDiverged(
+        f"Training diverged at step {step}: {reason}. No checkpoint was written from it; {kept}. Lower train.lr "
+        f"(now {cfg.lr:g}) and train again in a new --out folder (or in this one with --overwrite)."
+    )
+
+
 def training_step(
     model: SparseTransformer,
     optimizer: torch.optim.Optimizer,
@@ -292,10 +327,14 @@ def training_step(
 ) -> tuple[torch.Tensor, int]:
     """One step of the recipe: next-token loss, backward, gradients rescaled to RMS 1, Adam at `lr`, decoupled
     weight decay, top-k projection. `forward` is the module to call (a DDP wrapper of `model`); returns the
-    loss and the number of nonzero matrix weights."""
+    loss and the number of nonzero matrix weights. Raises TrainingDiverged, before the weights change, when the
+    gradients are not finite (under DDP they are averaged first, so every rank stops at the same step)."""
     loss = (forward or model)(tokens, return_type="loss")
     loss.backward()
-    normalize_gradients_(list(model.parameters()))
+    rms = normalize_gradients_(list(model.parameters()))
+    if not math.isfinite(rms):
+        optimizer.zero_grad(set_to_none=True)
+        raise TrainingDiverged(f"the loss is {loss.item():.4g} and the gradients' RMS {rms}")
     for group in optimizer.param_groups:
         group["lr"] = lr
     optimizer.step()
@@ -311,7 +350,7 @@ def train(model_cfg: SparseTransformerConfig, cfg: TrainConfig, progress: bool =
     world_size = int(os.environ.get("WORLD_SIZE", 1))
     rank = int(os.environ.get("RANK", 0))
     if cfg.batch_size % world_size:
-        raise ValueError(f"batch_size={cfg.batch_size} must be divisible by the number of processes ({world_size})")
+        raise SettingsError(f"batch_size={cfg.batch_size} must be divisible by the number of processes ({world_size})")
     if world_size > 1 and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if cfg.device == "cuda" else "gloo")
     if cfg.device == "cuda" and world_size > 1:
@@ -322,28 +361,42 @@ def train(model_cfg: SparseTransformerConfig, cfg: TrainConfig, progress: bool =
     torch.manual_seed(cfg.seed)
     is_main = rank == 0
     out_dir = Path(cfg.out_dir)
-    prepare_out_dir(out_dir, cfg, is_main)
-    if world_size > 1:
-        dist.barrier()
 
     model = SparseTransformer(model_cfg).to(cfg.device)
     vocab_size = model.tokenizer.get_vocab_size()
     if vocab_size > model_cfg.d_vocab:
-        raise ValueError(f"d_vocab={model_cfg.d_vocab} is smaller than the tokenizer's vocabulary ({vocab_size})")
+        raise SettingsError(
+            f"model.d_vocab={model_cfg.d_vocab} is smaller than the tokenizer's vocabulary ({vocab_size}); "
+            f"set it to at least {vocab_size}"
+        )
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=cfg.betas, eps=cfg.eps)
-    start_step = 0
-    if cfg.resume and (out_dir / CHECKPOINT_DIR).is_dir():
-        check_same_trajectory(out_dir / "train_config.json", cfg)
-        start_step = load_checkpoint(out_dir / CHECKPOINT_DIR, model, optimizer)
-    forward = torch.nn.parallel.DistributedDataParallel(model) if world_size > 1 else model
-
     streams = load_token_streams()
     train_sampler = TokenSampler(streams, "train", model_cfg.n_ctx, cfg.synthetic_fraction, cfg.seed)
     val_sampler = TokenSampler(streams, "val", model_cfg.n_ctx, cfg.synthetic_fraction, VAL_SEED)
-    metrics = read_metrics(out_dir / "metrics.csv", start_step) if is_main else []
+    if is_main:  # only now, so that a config or model that fails leaves no files behind
+        prepare_out_dir(out_dir, cfg)
+    if world_size > 1:
+        dist.barrier()
+
+    start_step = 0
+    found = find_training_state(out_dir) if cfg.resume else None
+    if found:
+        check_same_trajectory(out_dir / TRAIN_CONFIG_FILE, cfg)
+        start_step = load_training_state(found[0], model, optimizer)
+    if cfg.resume and is_main:
+        print(
+            f"Resuming {out_dir} from step {start_step} ({found[0]})"
+            if found
+            else f"{out_dir} holds no complete checkpoint to resume: starting at step 0",
+            flush=True,
+        )
+    forward = torch.nn.parallel.DistributedDataParallel(model) if world_size > 1 else model
+
+    metrics = read_metrics(out_dir / METRICS_FILE, start_step) if is_main else []
     if is_main:
-        model_cfg.save(out_dir / "config.json")
-        (out_dir / "train_config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
+        checkpoint.write_text_atomic(out_dir / checkpoint.CONFIG_FILE, checkpoint.config_json(model_cfg))
+        train_json = json.dumps(dataclasses.asdict(cfg), indent=2) + "\n"
+        checkpoint.write_text_atomic(out_dir / TRAIN_CONFIG_FILE, train_json)
     local_batch = cfg.batch_size // world_size
     tokens_per_step = cfg.batch_size * model_cfg.n_ctx
     bar = tqdm(range(start_step, cfg.steps), initial=start_step, total=cfg.steps, disable=not (progress and is_main))
@@ -355,16 +408,19 @@ def train(model_cfg: SparseTransformerConfig, cfg: TrainConfig, progress: bool =
         l0_embed = l0_schedule(step, cfg.steps, model_cfg.embed_l0, cfg.l0_start_frac, cfg.l0_end_frac)
         lr = lr_schedule(step, cfg.steps, cfg.lr, cfg.warmup_frac, l0, model_cfg.weight_l0)
         tokens = train_sampler.batch(step, cfg.batch_size)[rank * local_batch : (rank + 1) * local_batch]
-        loss, nonzero = training_step(
-            model,
-            optimizer,
-            tokens.to(cfg.device),
-            lr=lr,
-            l0=l0,
-            l0_embed=l0_embed,
-            weight_decay=cfg.weight_decay,
-            forward=forward,
-        )
+        try:
+            loss, nonzero = training_step(
+                model,
+                optimizer,
+                tokens.to(cfg.device),
+                lr=lr,
+                l0=l0,
+                l0_embed=l0_embed,
+                weight_decay=cfg.weight_decay,
+                forward=forward,
+            )
+        except TrainingDiverged as err:
+            raise divergence(out_dir, step + 1, cfg, str(err)) from None
         seconds += time.perf_counter() - started
         timed_steps += 1
 
@@ -385,13 +441,16 @@ def train(model_cfg: SparseTransformerConfig, cfg: TrainConfig, progress: bool =
             }
             seconds, timed_steps = 0.0, 0
             if step % cfg.eval_every == 0 or last_step:
-                val_loss, dead = evaluate(model, val_sampler, cfg)
+                val_loss, dead = validation_metrics(model, val_sampler, cfg)
                 row.update(val_loss=round(val_loss, 4), dead_neurons=round(dead, 4))
             metrics.append(row)
-            write_metrics(out_dir / "metrics.csv", metrics)
+            write_metrics(out_dir / METRICS_FILE, metrics)
             bar.set_postfix(loss=row["train_loss"], l0=row["l0"], val=row["val_loss"])
-        if is_main and ((step + 1) % cfg.checkpoint_every == 0 or last_step):
-            save_checkpoint(out_dir / CHECKPOINT_DIR, model, optimizer, step + 1)
+        if (step + 1) % cfg.checkpoint_every == 0 or last_step:
+            if not all(param.isfinite().all() for param in model.parameters()):  # every rank: they stop together
+                raise divergence(out_dir, step + 1, cfg, "some weights are NaN or inf")
+            if is_main:
+                save_training_state(out_dir, model, optimizer, step + 1)
     if is_main:
         model.save_pretrained(out_dir, overwrite=True)
     if world_size > 1:
@@ -422,16 +481,20 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (logs and batch jobs)")
     args = parser.parse_args(argv)
-    model_cfg, cfg = load_config(args.config, args.set)
-    cfg = dataclasses.replace(
-        cfg,
-        out_dir=args.out or cfg.out_dir,
-        resume=args.resume or cfg.resume,
-        overwrite=args.overwrite or cfg.overwrite,
-    )
-    train(model_cfg, cfg, progress=not args.no_progress)
-    if dist.is_initialized():
-        dist.destroy_process_group()
+    try:
+        model_cfg, cfg = load_config(args.config, args.set)
+        cfg = dataclasses.replace(
+            cfg,
+            out_dir=args.out or cfg.out_dir,
+            resume=args.resume or cfg.resume,
+            overwrite=args.overwrite or cfg.overwrite,
+        )
+        train(model_cfg, cfg, progress=not args.no_progress)
+    except (SettingsError, CheckpointError, FileExistsError, FileNotFoundError, TrainingDiverged) as err:
+        raise SystemExit(f"circuitlab.train: error: {err}") from None
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
 
 
 if __name__ == "__main__":
