@@ -38,6 +38,7 @@ def sparse_circuit(model: SparseTransformer, batch: TaskBatch) -> Circuit:
     means = ablation_values(model, "task_mean", task_batch=batch)
     circuit = Circuit("hand_made", masks, means, "task_mean", 0.15, 0.0, 0.0, 0.0, edges=circuit_edges(model, masks))
     circuit.task_loss = circuit.loss(model, batch)
+    circuit.uncalibrated_loss = circuit.loss(model, batch, calibrated=False)
     circuit.necessity_loss = circuit.loss(model, batch, invert=True)
     return circuit
 

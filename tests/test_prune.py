@@ -1,45 +1,163 @@
 """The pruner: its pieces on their own, and a real circuit found in the shipped sparse model."""
 
+import math
+
 import pytest
 import torch
 
 from circuitlab import SparseTransformer, prune, tasks
+from circuitlab.circuit import Calibration, Circuit
+from circuitlab.config import SparseTransformerConfig
+from circuitlab.discretize import geometric_grid, greedy_cleanup, smallest_sufficient
 from circuitlab.paths import CHECKPOINTS_DIR
 from circuitlab.prune import (
     HeavisideSigmoidGrad,
+    NodeMasks,
     PruneConfig,
-    bisect_smallest,
+    PrunePairs,
+    ablation_values,
     last_position_logits,
     length_buckets,
+    loss_vs_nodes,
     node_shapes,
 )
+from circuitlab.settings import SettingsError
 from circuitlab.tasks import task_loss
 
 
-def test_heaviside_forward_sigmoid_derivative_backward():
+def test_heaviside_forward_sigmoid_derivative_backward_with_temperature():
     scores = torch.tensor([-0.5, 0.0, 0.2], requires_grad=True)
-    kept = HeavisideSigmoidGrad.apply(scores)
+    kept = HeavisideSigmoidGrad.apply(scores, 0.5)
     assert torch.equal(kept, torch.tensor([0.0, 0.0, 1.0]))
     kept.sum().backward()
-    sigmoid = torch.sigmoid(torch.tensor([-0.5, 0.0, 0.2]))
-    torch.testing.assert_close(scores.grad, sigmoid * (1 - sigmoid))
+    sigmoid = torch.sigmoid(torch.tensor([-0.5, 0.0, 0.2]) / 0.5)
+    torch.testing.assert_close(scores.grad, sigmoid * (1 - sigmoid) / 0.5)
 
 
-def test_bisection_finds_the_smallest_sufficient_count():
-    calls = []
-
+def test_search_returns_the_first_crossing_of_a_non_monotone_curve():
+    # The shape measured on bracket_counting: below target at 390-450, a hump above it up to 1,500.
     def loss(k):
-        calls.append(k)
-        return 1.0 / (1 + k)
+        if k < 390:
+            return 1.0
+        if k <= 700:  # a dip wider than the scan's ratio (2) is found
+            return 0.10
+        return 0.20 if k < 1500 else 0.14
 
-    assert bisect_smallest(loss, target=0.1, n_total=1000) == 9
-    assert len(calls) <= 12
-    assert bisect_smallest(lambda k: 0.5, target=0.1, n_total=50) == 50  # unreachable: keep everything
+    assert smallest_sufficient(loss, target=0.15, n_total=1639) == 390
+    # A plain bisection over [0, n] probes 819 (on the hump), moves up and returns a circuit 4x too large.
+    low, high = 0, 1639
+    while low < high:
+        middle = (low + high) // 2
+        low, high = (low, middle) if loss(middle) <= 0.15 else (middle + 1, high)
+    assert low == 1500
 
 
-def test_config_rejects_unknown_ablation():
-    with pytest.raises(ValueError, match="ablation='median'"):
+def test_search_edge_cases():
+    assert smallest_sufficient(lambda k: 0.5, target=0.1, n_total=50) == 50  # unreachable: keep everything
+    assert smallest_sufficient(lambda k: 0.0, target=0.1, n_total=50) == 0  # nothing needed
+    assert smallest_sufficient(lambda k: 1.0 / (1 + k), target=0.1, n_total=1000) == 9
+    assert geometric_grid(10, 2.0) == [0, 1, 2, 4, 8, 10]
+    with pytest.raises(ValueError, match="ratio=1"):
+        geometric_grid(10, 1.0)
+
+
+def test_cleanup_removes_exactly_the_negligible_units():
+    needed = {3, 7, 11}  # each costs 0.2 when removed; the others cost 0.001
+
+    def loss_without(gone):
+        return 0.05 + sum(0.2 if unit in needed else 0.001 for unit in gone)
+
+    kept, removed = greedy_cleanup(list(range(16)), loss_without, target=0.1)
+    assert kept == [3, 7, 11]
+    assert removed == [u for u in range(16) if u not in needed]
+
+
+def test_calibration_recovers_a_scale_and_shift_and_agrees_with_its_logits():
+    generator = torch.Generator().manual_seed(0)
+    n = 4000
+    target = torch.where(torch.arange(n) % 2 == 0, 5, 9)
+    alternative = torch.where(target == 5, 9, 5)
+    true_margin = 3 * torch.randn(n, generator=generator) + 1.5
+    label = torch.rand(n, generator=generator) < torch.sigmoid(true_margin)
+    # observed margins are the true ones shrunk by 4 and shifted towards token 9
+    sign = torch.where(target == 5, 1.0, -1.0)
+    observed = torch.where(label, true_margin, -true_margin) / 4 - 0.5 * sign
+    calibration = Calibration.fit(observed, target, alternative)
+    assert calibration.scale == pytest.approx(4, rel=0.15)
+    assert (calibration.positive, calibration.negative) == (5, 9)
+    before = torch.nn.functional.softplus(-observed).mean()
+    after = torch.nn.functional.softplus(-calibration.margins(observed, target, alternative)).mean()
+    assert after < before
+    logits = torch.randn(6, 12, generator=generator)
+    rows = torch.arange(6)
+    t, a = target[:6], alternative[:6]
+    from_logits = calibration.apply(logits)[rows, t] - calibration.apply(logits)[rows, a]
+    torch.testing.assert_close(from_logits, calibration.margins(logits[rows, t] - logits[rows, a], t, a))
+
+
+def test_config_refuses_bad_values_with_the_field_name():
+    with pytest.raises(SettingsError, match="ablation='median'"):
         PruneConfig(ablation="median")
+    with pytest.raises(SettingsError, match="steps=0"):
+        PruneConfig(steps=0)
+    with pytest.raises(SettingsError, match="skip_unsolved"):
+        PruneConfig(skip_unsolved="maybe")
+    assert PruneConfig(lr="1e-3").lr == 1e-3
+
+
+TINY = SparseTransformerConfig(n_layers=2, d_model=32, n_heads=2, d_vocab=1024, n_ctx=64, seed=3)
+
+
+@pytest.fixture(scope="module")
+def tiny() -> SparseTransformer:
+    return SparseTransformer(TINY)
+
+
+def test_prune_pairs_are_disjoint_held_out_prompts(tiny):
+    cfg = PruneConfig(steps=3, pairs_per_step=4, selection_pairs=10, test_pairs=12)
+    pairs = PrunePairs.from_task(tasks.get("bracket_counting"), tiny.tokenizer, cfg)
+    sets = [{p.prompt for p in batch.datapoints} for batch in (pairs.train, pairs.selection, pairs.test)]
+    assert [len(s) for s in sets] == [24, 20, 24]
+    assert not (sets[0] & sets[1] or sets[0] & sets[2] or sets[1] & sets[2])
+    assert all(tasks.prompt_split(p) == "test" for s in sets for p in s)  # never in the training corpus
+
+
+def test_prune_leaves_the_model_as_found_and_refuses_foreign_tokens(tiny):
+    tiny.train()
+    tiny.unembed.W_U.requires_grad_(True)
+    tiny.blocks[0].mlp.W_in.requires_grad_(False)
+    small = dict(steps=2, pairs_per_step=2, selection_pairs=4, test_pairs=4, skip_unsolved=False, cleanup=False)
+    text = torch.randint(0, 1024, (4, 64))
+    circuit = prune(tiny, tasks.get("single_double_quote"), pretraining_tokens=text, progress=False, **small)
+    assert tiny.training and tiny.unembed.W_U.requires_grad and not tiny.blocks[0].mlp.W_in.requires_grad
+    assert circuit.task_loss == circuit.task_loss  # a number, not NaN
+    foreign = text.clone()
+    foreign[0, 0] = 5000
+    with pytest.raises(ValueError, match=r"pretraining_tokens holds token ids .*5000\] but the model's vocabulary"):
+        prune(tiny, tasks.get("single_double_quote"), pretraining_tokens=foreign, progress=False, **small)
+
+
+def test_tied_qk_masks_keep_or_prune_q_and_k_together(tiny):
+    means = ablation_values(tiny, "zero")
+    masks = NodeMasks(tiny, means, PruneConfig(tie_qk=True))
+    untied = NodeMasks(tiny, means, PruneConfig())
+    per_layer_qk = TINY.n_heads * TINY.d_head
+    assert masks.n_units == untied.n_units - TINY.n_layers * per_layer_qk
+    for k in (1, 5, 40):
+        kept = masks.highest(k)
+        for layer in range(TINY.n_layers):
+            q, key = kept[f"blocks.{layer}.attn.hook_q"], kept[f"blocks.{layer}.attn.hook_k"]
+            assert torch.equal(q, key)
+
+
+def test_loss_vs_nodes_matches_scores_by_name_after_load(tiny, tmp_path):
+    small = dict(steps=2, pairs_per_step=2, selection_pairs=4, test_pairs=4, skip_unsolved=False, cleanup=False)
+    task = tasks.get("single_double_quote")
+    circuit = prune(tiny, task, ablation="zero", progress=False, **small)
+    loaded = Circuit.load(circuit.save(tmp_path / "c"), tiny)
+    loaded.scores = dict(reversed(list(loaded.scores.items())))  # another key order
+    batch = task.batch(tiny.tokenizer, "test", 4, n_ctx=64)
+    assert loss_vs_nodes(tiny, loaded, batch, [0, 7]) == pytest.approx(loss_vs_nodes(tiny, circuit, batch, [0, 7]))
 
 
 @pytest.fixture(scope="module")
@@ -61,10 +179,15 @@ def test_last_position_logits_and_buckets_give_the_full_task_loss(sparse_model):
 
 @pytest.mark.slow
 def test_prune_finds_a_small_sufficient_and_necessary_circuit(sparse_model):
-    circuit = prune(sparse_model, tasks.get("single_double_quote"), progress=False)
+    task = tasks.get("single_double_quote")
+    circuit = prune(sparse_model, task, progress=False)
     total = sum(torch.Size(shape).numel() for shape in node_shapes(sparse_model).values())
-    assert circuit.task_loss <= 0.15 < circuit.ablated_model_loss
-    assert circuit.n_nodes < 0.05 * total
-    assert circuit.necessity_loss > 0.4  # ablating just the circuit breaks the task
-    again = prune(sparse_model, tasks.get("single_double_quote"), progress=False)
-    assert again.nodes == circuit.nodes  # seeded and deterministic
+    assert circuit.task_loss <= 0.15 < circuit.ablated_model_loss  # on test pairs the search never saw
+    assert circuit.n_nodes < 0.02 * total
+    assert circuit.necessity_loss > math.log(2)  # ablating just the circuit: chance or worse
+    fresh = task.batch(sparse_model.tokenizer, "test", 300, seed=11, n_ctx=sparse_model.cfg.n_ctx)
+    assert circuit.loss(sparse_model, fresh) <= 0.15 * 1.25  # and on pairs nobody saw
+    standalone = circuit.to_model(sparse_model)
+    torch.testing.assert_close(
+        task_loss(standalone(fresh.tokens), fresh).item(), circuit.loss(sparse_model, fresh), rtol=1e-4, atol=1e-5
+    )

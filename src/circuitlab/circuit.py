@@ -22,22 +22,30 @@ from __future__ import annotations
 
 import copy
 import json
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from circuitlab.checkpoint import write_atomic, write_text_atomic
 from circuitlab.model import NODE_LOCATIONS, SparseTransformer
 
 LOCATION_OF_HOOK = {template.split("{layer}.")[1]: location for location, template in NODE_LOCATIONS.items()}
 READ_LOCATIONS = ("attn_read", "mlp_read")
 WRITE_LOCATIONS = ("attn_write", "mlp_write")
-CIRCUIT_FORMAT_VERSION = 2
+CIRCUIT_FORMAT_VERSION = 3
+CIRCUIT_FIELDS = {"task_name", "ablation", "target_loss", "task_loss", "full_model_loss", "ablated_model_loss"} | {
+    "necessity_loss",
+    "n_edges",
+    "history",
+    "config",
+}
 
 
 class Node(NamedTuple):
@@ -87,6 +95,58 @@ def node_shapes(model: SparseTransformer) -> dict[str, tuple[int, ...]]:
     }
 
 
+@dataclass(frozen=True)
+class Calibration:
+    """A scale and shift of the final logits, fitted to a circuit (the paper: discretised circuits are badly
+    calibrated). Every logit is multiplied by `scale`; `positive` gains `shift / 2` and `negative` loses it, so
+    the margin between the two candidates becomes `scale * margin + shift` (minus shift when `negative` is the
+    target). The identity when scale is 1 and shift 0."""
+
+    scale: float = 1.0
+    shift: float = 0.0
+    positive: int = -1  # token ids of the two candidates; -1 when no shift is fitted
+    negative: int = -1
+
+    def margins(self, margins: Tensor, target: Tensor, alternative: Tensor) -> Tensor:
+        """Calibrated target-minus-alternative margins, from uncalibrated ones."""
+        sign = (target == self.positive).float() - (target == self.negative).float()
+        pair = ((target == self.positive) & (alternative == self.negative)) | (
+            (target == self.negative) & (alternative == self.positive)
+        )
+        return self.scale * margins + self.shift * sign * pair.float()
+
+    def apply(self, logits: Tensor) -> Tensor:
+        """Calibrated logits ([..., d_vocab])."""
+        out = logits * self.scale
+        if self.positive >= 0:
+            out[..., self.positive] += self.shift / 2
+            out[..., self.negative] -= self.shift / 2
+        return out
+
+    @classmethod
+    def fit(cls, margins: Tensor, target: Tensor, alternative: Tensor, steps: int = 16) -> Calibration:
+        """The scale (kept positive) and shift that minimise the mean binary cross-entropy of the margins,
+        by `steps` LBFGS iterations. A shift only when every prompt chooses between the same two tokens."""
+        candidates = torch.cat([target, alternative]).unique()
+        positive, negative = (int(candidates[0]), int(candidates[1])) if len(candidates) == 2 else (-1, -1)
+        margins = margins.double()
+        sign = ((target == positive).double() - (target == negative).double()) if positive >= 0 else 0 * margins
+        log_scale = torch.zeros((), dtype=torch.double, requires_grad=True)
+        shift = torch.zeros((), dtype=torch.double, requires_grad=positive >= 0)
+        params = [log_scale, shift] if positive >= 0 else [log_scale]
+        optimizer = torch.optim.LBFGS(params, max_iter=steps, line_search_fn="strong_wolfe")
+
+        def closure() -> Tensor:
+            optimizer.zero_grad()
+            loss = torch.nn.functional.softplus(-(log_scale.exp() * margins + shift * sign)).mean()
+            loss.backward()
+            return loss
+
+        with torch.enable_grad():
+            optimizer.step(closure)
+        return cls(log_scale.exp().item(), shift.item(), positive, negative)
+
+
 @dataclass
 class Circuit:
     """A task's circuit in one model: node masks per hook, the constants pruned nodes are replaced by,
@@ -106,6 +166,10 @@ class Circuit:
     scores: dict[str, Tensor] = field(default_factory=dict)
     history: list[dict] = field(default_factory=list)
     config: dict = field(default_factory=dict)
+    calibration: Calibration = field(default_factory=Calibration)  # applied by `loss` and `to_model`
+    selection_loss: float = float("nan")  # on the pairs that chose the circuit (not a held-out number)
+    uncalibrated_loss: float = float("nan")  # the circuit alone on held-out pairs, without the calibration
+    search: dict = field(default_factory=dict)  # what the search found before cleanup
 
     # ------------------------------------------------------------------ nodes and edges
 
@@ -158,6 +222,7 @@ class Circuit:
             "qk_pairs": len(self.qk_pairs),
             "residual_links": len(self.residual_links),
             "task_loss": round(self.task_loss, 4),
+            "uncalibrated_loss": round(self.uncalibrated_loss, 4),
             "necessity_loss": round(self.necessity_loss, 4),
             "full_model_loss": round(self.full_model_loss, 4),
             "ablated_model_loss": round(self.ablated_model_loss, 4),
@@ -184,19 +249,29 @@ class Circuit:
         return [(name, make_hook(name)) for name in self.masks]
 
     @torch.no_grad()
-    def loss(self, model: SparseTransformer, batch, invert: bool = False) -> float:
-        """Task loss on `batch` with everything outside the circuit ablated (or, with invert, the circuit)."""
+    def loss(self, model: SparseTransformer, batch, invert: bool = False, calibrated: bool = True) -> float:
+        """Task loss on `batch` with everything outside the circuit ablated, calibrated as the circuit was
+        fitted (or, with invert, the circuit itself ablated; no calibration then)."""
         from circuitlab.tasks import task_loss
 
-        return task_loss(model.run_with_hooks(batch.tokens, fwd_hooks=self.hooks(invert)), batch).item()
+        logits = model.run_with_hooks(batch.tokens, fwd_hooks=self.hooks(invert))
+        if calibrated and not invert:
+            logits = self.calibration.apply(logits)
+        return task_loss(logits, batch).item()
 
     def to_model(self, model: SparseTransformer) -> SparseTransformer:
-        """A standalone copy of `model` in which every pruned node is its constant (permanent hooks), so it
-        runs the circuit with plain `model(tokens)` and still works with caches and further hooks."""
+        """A standalone copy of `model` in which every pruned node is its constant (permanent hooks) and the
+        calibration is folded into the unembedding (and bigram table), so it runs the circuit with plain
+        `model(tokens)` and still works with caches and further hooks."""
         pruned = copy.deepcopy(model)
         pruned.reset_hooks(including_permanent=True)
         for name, hook in self.hooks():
             pruned.add_hook(name, hook, is_permanent=True)
+        with torch.no_grad():
+            pruned.unembed.W_U.mul_(self.calibration.scale)
+            pruned.unembed.b_U.copy_(self.calibration.apply(pruned.unembed.b_U))
+            if pruned.cfg.bigram_table:
+                pruned.bigram.W_bigram.mul_(self.calibration.scale)
         return pruned
 
     # ------------------------------------------------------------------ saving
@@ -209,17 +284,21 @@ class Circuit:
         tensors = {f"mask/{k}": v.to(torch.uint8) for k, v in self.masks.items()}
         tensors |= {f"ablation/{k}": v.contiguous() for k, v in self.ablation_values.items()}
         tensors |= {f"score/{k}": v.contiguous() for k, v in self.scores.items()}
-        save_file(tensors, directory / "circuit.safetensors")
+        write_atomic(directory / "circuit.safetensors", lambda path: save_file(tensors, path))
         meta = {
             "format_version": CIRCUIT_FORMAT_VERSION,
             **{k: getattr(self, k) for k in ("task_name", "ablation", "target_loss", "task_loss")},
             **{k: getattr(self, k) for k in ("full_model_loss", "ablated_model_loss", "necessity_loss")},
             "n_edges": self.n_edges,
+            "calibration": asdict(self.calibration),
+            "selection_loss": self.selection_loss,
+            "uncalibrated_loss": self.uncalibrated_loss,
+            "search": self.search,
             "summary": self.summary(),
             "history": self.history,
             "config": self.config,
         }
-        (directory / "circuit.json").write_text(json.dumps(meta, indent=1) + "\n")
+        write_text_atomic(directory / "circuit.json", json.dumps(meta, indent=1) + "\n")  # last: marks it complete
         return directory
 
     @classmethod
@@ -229,10 +308,21 @@ class Circuit:
         for name in ("circuit.json", "circuit.safetensors"):
             if not (directory / name).is_file():
                 raise FileNotFoundError(f"{directory / name} is missing: {directory} is not a saved circuit.")
-        meta = json.loads((directory / "circuit.json").read_text())
+        try:
+            meta = json.loads((directory / "circuit.json").read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise ValueError(f"{directory / 'circuit.json'} is not valid JSON ({err}); prune the task again.") from None
+        if not isinstance(meta, dict) or not set(meta) >= CIRCUIT_FIELDS:
+            missing = sorted(CIRCUIT_FIELDS - set(meta)) if isinstance(meta, dict) else "everything"
+            raise ValueError(f"{directory / 'circuit.json'} is not a circuit file: it lacks {missing}.")
         if meta.get("format_version", 0) > CIRCUIT_FORMAT_VERSION:
             raise ValueError(f"{directory} was saved by a newer circuitlab (format {meta['format_version']}).")
-        tensors = load_file(directory / "circuit.safetensors")
+        try:
+            tensors = load_file(directory / "circuit.safetensors")
+        except (SafetensorError, OSError) as err:
+            raise ValueError(
+                f"{directory / 'circuit.safetensors'} cannot be read ({err}); prune the task again."
+            ) from None
 
         def group(prefix: str) -> dict[str, Tensor]:
             return {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
@@ -265,6 +355,10 @@ class Circuit:
             scores=group("score/"),
             history=meta["history"],
             config=meta["config"],
+            calibration=Calibration(**meta.get("calibration", {})),
+            selection_loss=meta.get("selection_loss", float("nan")),
+            uncalibrated_loss=meta.get("uncalibrated_loss", meta["task_loss"]),
+            search=meta.get("search", {}),
         )
 
 

@@ -1,17 +1,27 @@
-"""Find a task's circuit: learn a keep/ablate mask over nodes, then bisect for the fewest nodes that suffice.
+"""Find a task's circuit: learn a keep/ablate mask over nodes, then find the fewest nodes that suffice.
 
-The paper's method. Each node (one channel at one of the eight node locations of one layer) gets a score
-τ. The forward pass keeps a node when τ > 0 and otherwise replaces its activation by a constant (its mean
-over pretraining text, by default); the backward pass pretends the step was a sigmoid. The loss is the task
-loss plus a penalty per kept node. Afterwards the nodes are sorted by τ and we bisect for the smallest
-number kept whose held-out task loss is at most the target. The model's weights stay frozen and AbsTopK
-still applies; masks act at the node hook points, so everything here is ordinary hook-based ablation.
+The paper's method (its Appendix A.5), in four stages:
+
+1. **Masks.** Each node (one channel at one of the eight node locations of one layer) gets a score τ. The
+   forward pass keeps a node when τ > 0 and otherwise replaces its activation by a constant (its mean over
+   pretraining text, by default); the backward pass pretends the step was a sigmoid. The loss is the task loss
+   plus a penalty per kept node. AdamW with gradient clipping, the learning rate decayed linearly to zero,
+   scores clamped to [-1, 1], and every step sees contrast pairs it has not seen before.
+2. **Search.** Nodes are ranked by τ (ties broken by their gradient attribution) and we look for the
+   smallest k whose top-k nodes reach the target loss (`discretize.smallest_sufficient`).
+3. **Calibration.** A logit scale and shift fitted with 16 LBFGS steps, part of the circuit from then on
+   (discretised circuits are badly calibrated).
+4. **Cleanup.** Each remaining node is dropped if the circuit still reaches the target without it.
+
+Three disjoint sets of pairs keep the numbers honest: mask training sees *train* pairs, stages 2–4 choose on
+*selection* pairs, and every loss a circuit reports is measured on *test* pairs that chose nothing. The model's
+weights stay frozen and AbsTopK still applies; masks act at the node hook points.
 """
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -19,55 +29,100 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from circuitlab.circuit import Circuit, circuit_edges, node_shapes
+from circuitlab import settings
+from circuitlab.circuit import Calibration, Circuit, circuit_edges, node_shapes
+from circuitlab.discretize import greedy_cleanup, smallest_sufficient
 from circuitlab.model import SparseTransformer
 from circuitlab.tasks import Task, TaskBatch, task_loss
 
 ABLATIONS = ("mean", "zero", "task_mean")
+PRETRAINING_ROWS = 64  # rows of [n_ctx] validation text that "mean" ablation averages over
 
 
 @dataclass
 class PruneConfig:
-    """Pruning hyper-parameters: the paper's optimiser and penalty, with a CPU-sized number of steps."""
+    """Pruning hyper-parameters. Defaults: the paper's search centre (its Table 2) where our scale allows,
+    with a penalty that ramps up so the task gradient can rank nodes before the penalty wins."""
 
     target_loss: float = 0.15  # per-prompt binary cross-entropy the circuit must reach on held-out pairs
     ablation: str = "mean"  # "mean" over pretraining text, "zero", or "task_mean" over task prompts
-    steps: int = 160
-    pairs_per_step: int = 16  # contrast pairs per batch (two prompts each)
-    train_pairs: int = 512
-    test_pairs: int = 200
+    steps: int = 300
+    pairs_per_step: int = 16  # contrast pairs per batch (two prompts each), fresh at every step
+    selection_pairs: int = 400  # pairs that choose k, fit the calibration and decide the cleanup
+    test_pairs: int = 400  # pairs that only report: every loss a circuit states is measured on them
     lr: float = 1e-2
     weight_decay: float = 1e-3
     beta2: float = 0.95
-    warmup_frac: float = 0.05
-    # Added loss per kept node. Too large and every score falls below zero within a few steps, before the
-    # task gradient can tell nodes apart: the run ends at chance with a meaningless order (1e-3 does this
-    # to the handbook's dense model; 3e-4 leaves a small circuit at a training loss near 0.01).
-    penalty: float = 3e-4
+    grad_clip: float = 1.0
+    penalty: float = 3e-3  # added loss per kept node (the paper's k_coef)
+    penalty_warmup_frac: float = 0.25  # the penalty ramps from 0 to `penalty` over this fraction of the steps
+    heaviside_temp: float = 1.0  # temperature of the sigmoid whose derivative stands in for the step's
     init_mean: float = 0.1
     init_std: float = 0.01
-    mean_batches: int = 4  # pretraining batches of [16, n_ctx] tokens to average for "mean" ablation
+    tie_qk: bool = False  # one score for q and k channel (h, e) of a layer: they are kept or pruned together
+    selection_margin: float = 0.15  # stages 2-4 aim at target * (1 - margin), so circuits hold on fresh pairs
+    scan_ratio: float = 2.0  # growth of the search's geometric scan over k
+    cleanup: bool = True
     seed: int = 0
     skip_unsolved: bool = True  # when the full model misses the target, keep every node without training masks
 
     def __post_init__(self) -> None:
-        if self.ablation not in ABLATIONS:
-            raise ValueError(f"ablation={self.ablation!r}; choose one of {ABLATIONS}")
+        settings.coerce_fields(self)
+        count, fraction = settings.at_least(1), settings.between(0, 1)
+        settings.check(
+            self,
+            {
+                "ablation": settings.one_of(ABLATIONS),
+                **dict.fromkeys(("steps", "pairs_per_step", "selection_pairs", "test_pairs"), count),
+                **dict.fromkeys(("target_loss", "lr", "grad_clip", "heaviside_temp"), settings.above(0)),
+                **dict.fromkeys(("weight_decay", "penalty", "init_std"), settings.at_least(0)),
+                **dict.fromkeys(("beta2", "penalty_warmup_frac"), fraction),
+                "selection_margin": settings.between(0, 1),
+                "scan_ratio": settings.above(1),
+            },
+        )
+
+    @property
+    def search_target(self) -> float:
+        return self.target_loss * (1 - self.selection_margin)
+
+
+@dataclass
+class PrunePairs:
+    """The three disjoint pair sets of one pruning run (each a `TaskBatch`, a pair's two prompts adjacent)."""
+
+    train: TaskBatch  # mask training: `pairs_per_step` fresh pairs a step, cycled only when exhausted
+    selection: TaskBatch  # choose k, calibrate, clean up
+    test: TaskBatch  # report
+
+    @classmethod
+    def from_task(cls, task: Task, tokenizer, cfg: PruneConfig, n_ctx: int | None = None) -> PrunePairs:
+        """All three from one draw of the task's *test* split (prompts the training corpus never holds, so the
+        model has not memorised them), so no pair is in two sets."""
+        n_train = cfg.steps * cfg.pairs_per_step
+        n_pairs = n_train + cfg.selection_pairs + cfg.test_pairs
+        drawn = task.batch(tokenizer, "test", n_pairs, seed=cfg.seed, n_ctx=n_ctx)
+        bounds = [0, 2 * n_train, 2 * (n_train + cfg.selection_pairs), 2 * n_pairs]
+        train, selection, test = (
+            select_rows(drawn, torch.arange(a, b)) for a, b in zip(bounds[:-1], bounds[1:], strict=True)
+        )
+        return cls(train, selection, test)
 
 
 class HeavisideSigmoidGrad(torch.autograd.Function):
-    """Heaviside step forward (score > 0 keeps the node), the sigmoid's derivative backward."""
+    """Heaviside step forward (score > 0 keeps the node); backward, the derivative of sigmoid(score / temp)."""
 
     @staticmethod
-    def forward(ctx, scores: Tensor) -> Tensor:
+    def forward(ctx, scores: Tensor, temperature: float) -> Tensor:
         ctx.save_for_backward(scores)
+        ctx.temperature = temperature
         return (scores > 0).to(scores.dtype)
 
     @staticmethod
-    def backward(ctx, grad: Tensor) -> Tensor:
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
         (scores,) = ctx.saved_tensors
-        sigmoid = scores.sigmoid()
-        return grad * sigmoid * (1 - sigmoid)
+        sigmoid = (scores / ctx.temperature).sigmoid()
+        return grad * sigmoid * (1 - sigmoid) / ctx.temperature, None
 
 
 @torch.no_grad()
@@ -84,6 +139,7 @@ def ablation_values(
     if ablation == "mean":
         if pretraining_tokens is None:
             raise ValueError("Mean ablation needs pretraining_tokens (a [batch, pos] sample of pretraining text).")
+        check_token_range(pretraining_tokens, model.cfg.d_vocab, "pretraining_tokens")
         tokens, valid = pretraining_tokens, torch.ones(pretraining_tokens.shape, dtype=torch.bool)
     elif ablation == "task_mean":
         if task_batch is None:
@@ -97,56 +153,110 @@ def ablation_values(
     return {name: torch.einsum("bp...,bp->...", cache[name], weights) / weights.sum() for name in shapes}
 
 
+def check_token_range(tokens: Tensor, d_vocab: int, what: str) -> None:
+    """ValueError naming `what` when a token id falls outside the model's vocabulary."""
+    if tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= d_vocab):
+        raise ValueError(
+            f"{what} holds token ids in [{int(tokens.min())}, {int(tokens.max())}] but the model's vocabulary is "
+            f"[0, {d_vocab}); pass tokens made with the model's own tokenizer (for a model with its own "
+            "vocabulary, pass pretraining_tokens= explicitly)."
+        )
+
+
 class NodeMasks(nn.Module):
-    """One learnable score per node; `hooks()` gives forward hooks that keep or ablate each node."""
+    """One learnable score per *unit* (a node, or a q/k pair with `tie_qk`); `hooks()` keeps or ablates nodes.
+
+    Nodes are numbered in hook order (the concatenation of every node location's channels); units are the
+    entries of the score parameters, and `unit_of[node]` says which unit decides each node.
+    """
 
     def __init__(self, model: SparseTransformer, means: dict[str, Tensor], cfg: PruneConfig):
         super().__init__()
         generator = torch.Generator().manual_seed(cfg.seed)
-        self.names = list(node_shapes(model))
-        self.scores = nn.ParameterList(
-            nn.Parameter(cfg.init_mean + cfg.init_std * torch.randn(shape, generator=generator))
-            for shape in node_shapes(model).values()
-        )
+        shapes = node_shapes(model)
+        self.names = list(shapes)
         self.means = means
-        self.fixed: dict[str, Tensor] | None = None  # binary masks that override the scores when set
+        self.temperature = cfg.heaviside_temp
+        self.param_of: dict[str, int] = {}
+        params = []
+        for name, shape in shapes.items():
+            if cfg.tie_qk and name.endswith("attn.hook_k"):
+                self.param_of[name] = self.param_of[name.replace("hook_k", "hook_q")]
+                continue
+            self.param_of[name] = len(params)
+            params.append(nn.Parameter(cfg.init_mean + cfg.init_std * torch.randn(shape, generator=generator)))
+        self.scores = nn.ParameterList(params)
+        offsets = [0]
+        for param in params:
+            offsets.append(offsets[-1] + param.numel())
+        self.unit_of = torch.cat(
+            [torch.arange(offsets[i], offsets[i + 1]) for i in (self.param_of[name] for name in self.names)]
+        )
+        self.n_units = offsets[-1]
+        self.fixed: dict[str, Tensor] | None = None  # masks (hook name -> 0/1) that override the scores when set
+        self.tiebreak = torch.zeros(self.n_units)  # secondary ranking key, e.g. gradient attribution
 
-    def keep(self, index: int) -> Tensor:
+    @property
+    def n_nodes(self) -> int:
+        return len(self.unit_of)
+
+    def keep(self, name: str) -> Tensor:
         if self.fixed is not None:
-            return self.fixed[self.names[index]]
-        return HeavisideSigmoidGrad.apply(self.scores[index])
+            return self.fixed[name]
+        return HeavisideSigmoidGrad.apply(self.scores[self.param_of[name]], self.temperature)
 
     def n_kept(self) -> Tensor:
-        return sum(self.keep(i).sum() for i in range(len(self.names)))
+        return sum(self.keep(name).sum() for name in self.names)
 
     def hooks(self) -> list[tuple[str, Callable]]:
-        def make_hook(index: int) -> Callable:
-            name = self.names[index]
-
+        def make_hook(name: str) -> Callable:
             def hook(activation: Tensor, hook) -> Tensor:
-                keep = self.keep(index)
+                keep = self.keep(name)
                 return activation * keep + self.means[name] * (1 - keep)
 
             return hook
 
-        return [(name, make_hook(i)) for i, name in enumerate(self.names)]
+        return [(name, make_hook(name)) for name in self.names]
 
-    def flat_scores(self) -> Tensor:
-        return torch.cat([s.detach().flatten() for s in self.scores])
+    def unit_scores(self) -> Tensor:
+        return torch.cat([score.detach().flatten() for score in self.scores])
+
+    def ranking(self) -> Tensor:
+        """Units, most needed first: by score, ties (scores pinned at the clamp) broken by `tiebreak`."""
+        by_tiebreak = self.tiebreak.argsort(descending=True, stable=True)
+        return by_tiebreak[self.unit_scores()[by_tiebreak].argsort(descending=True, stable=True)]
+
+    def node_masks(self, units: Tensor) -> dict[str, Tensor]:
+        """Float 0/1 node masks (hook name -> mask) keeping the nodes of the given units."""
+        keep_unit = torch.zeros(self.n_units)
+        keep_unit[units] = 1.0
+        flat = keep_unit[self.unit_of]
+        sizes = [self.means[name].numel() for name in self.names]
+        return {
+            name: part.view(self.means[name].shape) for name, part in zip(self.names, flat.split(sizes), strict=True)
+        }
 
     def highest(self, k: int) -> dict[str, Tensor]:
-        """Binary masks (hook name -> 0/1) keeping the k highest-scoring nodes; ties keep their node order."""
-        flat = self.flat_scores()
-        keep = torch.zeros(len(flat))
-        keep[flat.argsort(descending=True, stable=True)[:k]] = 1.0
-        parts = keep.split([score.numel() for score in self.scores])
-        return {name: part.view(score.shape) for name, part, score in zip(self.names, parts, self.scores, strict=True)}
+        """Node masks keeping the k highest-ranked units."""
+        return self.node_masks(self.ranking()[:k])
+
+    def load_scores(self, saved: dict[str, Tensor]) -> None:
+        """Copy saved per-hook scores in (matched by hook name, so the order they were saved in is irrelevant)."""
+        missing = [name for name in self.names if name not in saved]
+        if missing:
+            raise ValueError(f"saved scores lack {len(missing)} node locations, e.g. {missing[0]!r}")
+        with torch.no_grad():
+            for name in self.names:
+                self.scores[self.param_of[name]].copy_(saved[name])
 
 
 def select_rows(batch: TaskBatch, rows: Tensor) -> TaskBatch:
     """The given rows of a batch, with the padding columns none of them needs cut off."""
     last = batch.last[rows]
-    return TaskBatch(batch.tokens[rows, : int(last.max()) + 1], last, batch.target[rows], batch.alternative[rows])
+    points = [batch.datapoints[i] for i in rows.tolist()] if batch.datapoints else []
+    return TaskBatch(
+        batch.tokens[rows, : int(last.max()) + 1], last, batch.target[rows], batch.alternative[rows], points
+    )
 
 
 def length_buckets(batch: TaskBatch, n_buckets: int = 4) -> list[TaskBatch]:
@@ -164,121 +274,200 @@ def last_position_logits(model: SparseTransformer, batch: TaskBatch) -> tuple[Te
     return logits, TaskBatch(batch.tokens, torch.zeros_like(batch.last), batch.target, batch.alternative)
 
 
-def masked_task_loss(model: SparseTransformer, masks: NodeMasks, batch: TaskBatch) -> Tensor:
-    with model.hooks(fwd_hooks=masks.hooks()):
-        return task_loss(*last_position_logits(model, batch))
+class MaskedEvaluator:
+    """Task losses of one batch under fixed node masks, with and without a fitted calibration.
+
+    The candidate logits of each forward pass are all that is kept, so a calibration can be fitted and a
+    loss computed for the price of one pass.
+    """
+
+    def __init__(self, model: SparseTransformer, masks: NodeMasks, batch: TaskBatch):
+        self.model, self.masks, self.batch = model, masks, batch
+        self.buckets = length_buckets(batch)
+        self.target = torch.cat([b.target for b in self.buckets])
+        self.alternative = torch.cat([b.alternative for b in self.buckets])
+
+    @torch.no_grad()
+    def margins(self, node_masks: dict[str, Tensor] | None, invert: bool = False) -> Tensor:
+        """target minus alternative logit per prompt (bucket order) with `node_masks` applied (None: none)."""
+        out = []
+        for bucket in self.buckets:
+            if node_masks is None:
+                logits, _ = last_position_logits(self.model, bucket)
+            else:
+                self.masks.fixed = {k: 1 - v for k, v in node_masks.items()} if invert else node_masks
+                try:
+                    with self.model.hooks(fwd_hooks=self.masks.hooks()):
+                        logits, _ = last_position_logits(self.model, bucket)
+                finally:
+                    self.masks.fixed = None
+            rows = torch.arange(len(bucket))
+            out.append(logits[rows, 0, bucket.target] - logits[rows, 0, bucket.alternative])
+        return torch.cat(out)
+
+    def loss(self, node_masks: dict[str, Tensor] | None, calibration: Calibration | None = None, invert=False):
+        margins = self.margins(node_masks, invert)
+        if calibration is not None:
+            margins = calibration.margins(margins, self.target, self.alternative)
+        return torch.nn.functional.softplus(-margins).mean().item()
+
+    def fit(self, node_masks: dict[str, Tensor]) -> tuple[float, Calibration]:
+        """The calibrated loss of `node_masks` on this batch and the calibration that reaches it."""
+        margins = self.margins(node_masks)
+        calibration = Calibration.fit(margins, self.target, self.alternative)
+        calibrated = calibration.margins(margins, self.target, self.alternative)
+        return torch.nn.functional.softplus(-calibrated).mean().item(), calibration
 
 
-@torch.no_grad()
-def loss_with_masks(
-    model: SparseTransformer, masks: NodeMasks, fixed: dict[str, Tensor], buckets: list[TaskBatch]
-) -> float:
-    """Mean task loss over length buckets with the given binary node masks."""
-    masks.fixed = fixed
+@contextlib.contextmanager
+def frozen(model: SparseTransformer) -> Iterator[SparseTransformer]:
+    """The model in eval mode with gradients off, restored to the caller's settings afterwards."""
+    training = model.training
+    requires_grad = {name: p.requires_grad for name, p in model.named_parameters()}
+    model.eval().requires_grad_(False)
     try:
-        total = sum(masked_task_loss(model, masks, bucket).item() * len(bucket) for bucket in buckets)
-        return total / sum(len(bucket) for bucket in buckets)
+        yield model
     finally:
-        masks.fixed = None
-
-
-def learning_rate(step: int, cfg: PruneConfig) -> float:
-    warmup = max(1, round(cfg.warmup_frac * cfg.steps))
-    return cfg.lr * min(1.0, (step + 1) / warmup)
+        model.train(training)
+        for name, param in model.named_parameters():
+            param.requires_grad_(requires_grad[name])
 
 
 def prune(
     model: SparseTransformer,
-    task: Task,
+    task: Task | None = None,
     cfg: PruneConfig | None = None,
+    *,
+    pairs: PrunePairs | None = None,
     pretraining_tokens: Tensor | None = None,
     progress: bool = True,
     **overrides,
 ) -> Circuit:
     """Find the smallest set of nodes whose held-out task loss is at most `cfg.target_loss`.
 
-    `pretraining_tokens` ([batch, pos]) are the text the "mean" ablation averages over; by default a
-    sample of the validation corpus. Keyword overrides change single `PruneConfig` fields.
+    Pass a registered `task`, or ready `pairs` (`PrunePairs` of `TaskBatch`es, for tasks and models of your
+    own). `pretraining_tokens` ([batch, pos]) are the text "mean" ablation averages over; by default a sample
+    of the validation corpus. Keyword overrides change single `PruneConfig` fields. The model is left as it
+    was found (mode and gradient flags).
     """
     cfg = PruneConfig(**{**asdict(cfg or PruneConfig()), **overrides})
-    model.eval().requires_grad_(False)
-    tokenizer = model.tokenizer
-    train = task.batch(tokenizer, "train", cfg.train_pairs, seed=cfg.seed, n_ctx=model.cfg.n_ctx)
-    test_batch = task.batch(tokenizer, "test", cfg.test_pairs, seed=cfg.seed, n_ctx=model.cfg.n_ctx)
-    test = length_buckets(test_batch)
-    if cfg.ablation == "mean" and pretraining_tokens is None:
-        pretraining_tokens = sample_pretraining_tokens(model, cfg.mean_batches * 16, cfg.seed)
-    means = ablation_values(model, cfg.ablation, pretraining_tokens, train)
-    masks = NodeMasks(model, means, cfg)
-    n_total = sum(s.numel() for s in masks.scores)
+    if pairs is None:
+        if task is None:
+            raise ValueError("prune needs a task or ready pairs= (a PrunePairs of train, selection and test batches)")
+        pairs = PrunePairs.from_task(task, model.tokenizer, cfg, n_ctx=model.cfg.n_ctx)
+    for split in ("train", "selection", "test"):
+        check_token_range(getattr(pairs, split).tokens, model.cfg.d_vocab, f"{split} pairs")
+    task_name = task.name if task is not None else "custom"
+    with frozen(model):
+        if cfg.ablation == "mean" and pretraining_tokens is None:
+            pretraining_tokens = sample_pretraining_tokens(model, PRETRAINING_ROWS, cfg.seed)
+        means = ablation_values(model, cfg.ablation, pretraining_tokens, pairs.train)
+        masks = NodeMasks(model, means, cfg)
+        selection = MaskedEvaluator(model, masks, pairs.selection)
+        test = MaskedEvaluator(model, masks, pairs.test)
+        full_model_loss = test.loss(None)
+        history: list[dict] = []
+        if full_model_loss <= cfg.target_loss or not cfg.skip_unsolved:
+            history = train_masks(model, masks, pairs.train, cfg, progress, desc=f"prune {task_name}")
+            masks.tiebreak = unit_attribution(model, masks, pairs.selection)
+        ranking = masks.ranking()
+        if full_model_loss <= cfg.target_loss or not cfg.skip_unsolved:
+            k = smallest_sufficient(
+                lambda k: selection.fit(masks.node_masks(ranking[:k]))[0],
+                cfg.search_target,
+                masks.n_units,
+                cfg.scan_ratio,
+            )
+        else:
+            k = masks.n_units
+        units = ranking[:k].tolist()
+        found = {"units": k, "nodes": int(sum(m.sum() for m in masks.node_masks(ranking[:k]).values()))}
+        if cfg.cleanup and k < masks.n_units:
+            candidates = units
 
-    @functools.cache
-    def loss_keeping(k: int) -> float:
-        """Held-out loss keeping the k highest-scoring nodes. Only k = n_total (every node) does not depend
-        on the scores, so that is the one value asked for before the masks are trained."""
-        return loss_with_masks(model, masks, masks.highest(k), test)
+            def loss_without(gone: frozenset[int]) -> float:
+                return selection.fit(masks.node_masks(torch.tensor([u for u in candidates if u not in gone])))[0]
 
-    full_model_loss = loss_keeping(n_total)
-    history = []
-    if full_model_loss <= cfg.target_loss or not cfg.skip_unsolved:
-        history = train_masks(model, masks, train, cfg, progress, desc=f"prune {task.name}")
-    k = bisect_smallest(loss_keeping, cfg.target_loss, n_total)
-    node_masks = {name: mask.bool() for name, mask in masks.highest(k).items()}
-    circuit = Circuit(
-        task_name=task.name,
-        masks=node_masks,
-        ablation_values=means,
-        ablation=cfg.ablation,
-        target_loss=cfg.target_loss,
-        task_loss=loss_keeping(k),
-        full_model_loss=full_model_loss,
-        ablated_model_loss=loss_keeping(0),
-        edges=circuit_edges(model, node_masks),
-        scores={name: s.detach().clone() for name, s in zip(masks.names, masks.scores, strict=True)},
-        history=history,
-        config=asdict(cfg),
-    )
-    circuit.necessity_loss = circuit.loss(model, test_batch, invert=True)
+            kept, removed = greedy_cleanup(candidates[::-1], loss_without, cfg.search_target)  # least needed first
+            units = kept[::-1]
+            found["removed_by_cleanup"] = len(removed)
+        node_masks = masks.node_masks(torch.tensor(units, dtype=torch.long))
+        selection_loss, calibration = selection.fit(node_masks)
+        bool_masks = {name: mask.bool() for name, mask in node_masks.items()}
+        circuit = Circuit(
+            task_name=task_name,
+            masks=bool_masks,
+            ablation_values=means,
+            ablation=cfg.ablation,
+            target_loss=cfg.target_loss,
+            task_loss=test.loss(node_masks, calibration),
+            full_model_loss=full_model_loss,
+            ablated_model_loss=test.loss(masks.node_masks(torch.tensor([], dtype=torch.long))),
+            necessity_loss=test.loss(node_masks, invert=True),
+            edges=circuit_edges(model, bool_masks),
+            scores={name: masks.scores[masks.param_of[name]].detach().clone() for name in masks.names},
+            history=history,
+            config=asdict(cfg),
+            calibration=calibration,
+            selection_loss=selection_loss,
+            uncalibrated_loss=test.loss(node_masks),
+            search=found,
+        )
     return circuit
+
+
+def learning_rate(step: int, cfg: PruneConfig) -> float:
+    """The paper's schedule: linear decay from `lr` to zero, no warm-up."""
+    return cfg.lr * (1 - step / cfg.steps)
+
+
+def penalty_weight(step: int, cfg: PruneConfig) -> float:
+    """The per-node penalty at `step`: a linear ramp from zero, so the task loss ranks nodes first."""
+    ramp = max(1.0, cfg.penalty_warmup_frac * cfg.steps)
+    return cfg.penalty * min(1.0, (step + 1) / ramp)
 
 
 def train_masks(
     model: SparseTransformer, masks: NodeMasks, train: TaskBatch, cfg: PruneConfig, progress: bool, desc: str
 ) -> list[dict]:
-    """Optimise the node scores: task loss on training pairs plus the penalty per kept node."""
+    """Optimise the node scores: task loss on fresh training pairs plus the (ramped) penalty per kept node."""
     optimizer = torch.optim.AdamW(masks.parameters(), lr=cfg.lr, betas=(0.9, cfg.beta2), weight_decay=cfg.weight_decay)
-    generator = torch.Generator().manual_seed(cfg.seed)
+    n_pairs = len(train) // 2
     history = []
     for step in tqdm(range(cfg.steps), desc=desc, disable=not progress):
-        rows = torch.randperm(len(train) // 2, generator=generator)[: cfg.pairs_per_step]
-        batch = select_rows(train, torch.cat([2 * rows, 2 * rows + 1]))
+        first = (step * cfg.pairs_per_step) % n_pairs
+        pair_rows = (torch.arange(cfg.pairs_per_step) + first) % n_pairs
+        batch = select_rows(train, torch.stack([2 * pair_rows, 2 * pair_rows + 1], dim=1).flatten())
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, cfg)
-        loss = masked_task_loss(model, masks, batch)
+        with model.hooks(fwd_hooks=masks.hooks()):
+            loss = task_loss(*last_position_logits(model, batch))
         kept = masks.n_kept()
-        (loss + cfg.penalty * kept).backward()
+        (loss + penalty_weight(step, cfg) * kept).backward()
+        torch.nn.utils.clip_grad_norm_(masks.parameters(), cfg.grad_clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         with torch.no_grad():
             for score in masks.scores:
                 score.clamp_(-1, 1)
-        history.append({"step": step, "task_loss": loss.item(), "n_kept": int(kept.item())})
+        history.append({"step": step, "task_loss": round(loss.item(), 5), "n_kept": int(kept.item())})
     return history
 
 
-def bisect_smallest(loss_keeping: Callable[[int], float], target: float, n_total: int) -> int:
-    """Smallest k in [0, n_total] with loss_keeping(k) <= target, assuming the loss falls as k grows
-    (returns n_total when even the full model misses the target)."""
-    low, high = 0, n_total
-    if loss_keeping(high) > target:
-        return n_total
-    while low < high:
-        middle = (low + high) // 2
-        if loss_keeping(middle) <= target:
-            high = middle
-        else:
-            low = middle + 1
-    return low
+def unit_attribution(model: SparseTransformer, masks: NodeMasks, batch: TaskBatch) -> Tensor:
+    """How much each unit's node(s) lower the task loss, to first order, under the trained discrete masks:
+    minus the gradient of the loss with respect to the 0/1 mask value (attribution patching on the mask)."""
+    units = (masks.unit_scores() > 0).nonzero().flatten()
+    fixed = {name: mask.requires_grad_() for name, mask in masks.node_masks(units).items()}
+    masks.fixed = fixed
+    try:
+        with torch.enable_grad(), model.hooks(fwd_hooks=masks.hooks()):
+            loss = sum(task_loss(*last_position_logits(model, b), reduction="sum") for b in length_buckets(batch))
+            grads = torch.autograd.grad(loss, list(fixed.values()))
+    finally:
+        masks.fixed = None
+    per_node = -torch.cat([g.flatten() for g in grads]) / len(batch)
+    return torch.zeros(masks.n_units).index_add_(0, masks.unit_of, per_node)
 
 
 def sample_pretraining_tokens(model: SparseTransformer, n_rows: int, seed: int) -> Tensor:
@@ -291,12 +480,12 @@ def sample_pretraining_tokens(model: SparseTransformer, n_rows: int, seed: int) 
 
 @torch.no_grad()
 def loss_vs_nodes(model: SparseTransformer, circuit: Circuit, batch: TaskBatch, ks: list[int]) -> list[float]:
-    """Task loss when keeping the `k` highest-scoring nodes of `circuit`'s pruning run, for each k."""
-    masks = NodeMasks(model, circuit.ablation_values, PruneConfig())
-    for score, saved in zip(masks.scores, circuit.scores.values(), strict=True):
-        score.copy_(saved)
-    buckets = length_buckets(batch)
-    return [loss_with_masks(model, masks, masks.highest(k), buckets) for k in ks]
+    """Uncalibrated task loss when keeping the `k` highest-scoring nodes of `circuit`'s pruning run, for each k."""
+    cfg = PruneConfig(**{k: v for k, v in circuit.config.items() if k in PruneConfig.__dataclass_fields__})
+    masks = NodeMasks(model, circuit.ablation_values, cfg)
+    masks.load_scores(circuit.scores)
+    evaluator = MaskedEvaluator(model, masks, batch)
+    return [evaluator.loss(masks.highest(k)) for k in ks]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -319,16 +508,18 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    defaults, overrides = asdict(PruneConfig()), {}
-    for item in args.set:
-        field, _, value = item.partition("=")
-        if field not in defaults:
-            parser.error(f"--set {item}: PruneConfig has no field {field!r}; fields: {', '.join(defaults)}")
-        kind = type(defaults[field])
-        overrides[field] = value.lower() in ("1", "true", "yes") if kind is bool else kind(value)
+    try:
+        overrides = settings.parse_overrides(PruneConfig, args.set)
+        PruneConfig(**overrides)
+    except settings.SettingsError as err:
+        parser.error(str(err))
+    names = args.tasks or tasks.names()
+    unknown = [name for name in names if name not in tasks.names()]
+    if unknown:  # every name checked before anything is pruned
+        parser.error(f"--tasks: no task named {', '.join(map(repr, unknown))}; tasks: {', '.join(tasks.names())}")
     model = SparseTransformer.from_pretrained(args.model)
-    pretraining_tokens = sample_pretraining_tokens(model, PruneConfig().mean_batches * 16, seed=0)
-    for name in args.tasks or tasks.names():
+    pretraining_tokens = sample_pretraining_tokens(model, PRETRAINING_ROWS, seed=0)
+    for name in names:
         out = Path(args.out) / name
         if (out / "circuit.json").exists() and not args.overwrite:
             print(f"{name}: exists, skipped (pass --overwrite to recompute)")
