@@ -13,8 +13,9 @@ import json
 import pytest
 
 from circuitlab import synthetic, tasks
+from circuitlab.build import training_texts
 from circuitlab.paths import CHECKPOINTS_DIR
-from circuitlab.tokenizer import DEFAULT_TOKENIZER_PATH, load_tokenizer, train_tokenizer, training_texts
+from circuitlab.tokenizer import DEFAULT_TOKENIZER_PATH, load_tokenizer, train_tokenizer
 
 
 def digest(data: str | bytes) -> str:
