@@ -14,6 +14,7 @@ import random
 from circuitlab import tasks
 from circuitlab.tasks.codegen import (
     CALLABLES,
+    CLASSES,
     FUNCTIONS,
     INDENT,
     MODULES,
@@ -184,7 +185,7 @@ def _function(rng: random.Random, indent: str = "", method: bool = False) -> str
 
 
 def _class(rng: random.Random) -> str:
-    name = rng.choice(("Parser", "Cache", "Node", "Reader", "Builder", "Config", "Handler", "Queue", "Model"))
+    name = rng.choice(CLASSES)
     base = rng.choice(("", "", "(object)", "(Exception)", "(Base)"))
     text = f"class {name}{base}:\n"
     if rng.random() < 0.5:

@@ -11,6 +11,7 @@ from circuitlab.tasks import brackets, strings, syntax, variables  # noqa: F401 
 from circuitlab.tasks.brackets import nested
 from circuitlab.tasks.codegen import (
     CALLABLES,
+    CLASSES,
     FUNCTIONS,
     INDENT,
     MODULES,
@@ -51,6 +52,7 @@ from circuitlab.tasks.harvest import harvest, harvest_source
 
 __all__ = [
     "CALLABLES",
+    "CLASSES",
     "FUNCTIONS",
     "INDENT",
     "MAX_DRAWS_PER_PAIR",

@@ -43,6 +43,7 @@ MODULES = (
     "threading", "queue", "unittest", "warnings", "weakref", "numpy", "pandas", "torch", "requests", "os.path",
     "urllib.parse", "email.utils", "xml.etree", "http.client", "concurrent.futures", "importlib.util",
 )  # fmt: skip
+CLASSES = ("Parser", "Cache", "Node", "Reader", "Builder", "Config", "Handler", "Queue", "Model")
 INDENT = "    "
 
 
@@ -136,7 +137,7 @@ def frame(rng: random.Random, avoid: Iterable[str] = ()) -> tuple[str, str]:
     if roll < 0.8:
         header = f"def {rng.choice(FUNCTIONS)}({params}):\n"
         return header + statements(rng, INDENT, 0, 2, avoid), INDENT
-    cls = rng.choice(("Parser", "Cache", "Node", "Reader", "Builder", "Config", "Handler", "Queue", "Model"))
+    cls = rng.choice(CLASSES)
     sep = ", " if params else ""
     header = f"class {cls}:\n{INDENT}def {rng.choice(FUNCTIONS)}(self{sep}{params}):\n"
     return header + statements(rng, INDENT * 2, 0, 2, avoid | {"self"}), INDENT * 2

@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 
 from circuitlab.tasks.codegen import (
+    CLASSES,
     FUNCTIONS,
     INDENT,
     MODULES,
@@ -82,7 +83,7 @@ def _for_in_or_assign(rng: random.Random) -> tuple[Instance, Instance]:
     "A method under `@classmethod` takes `(cls`; under another decorator or none, `(self`.",
 )
 def _self_or_cls(rng: random.Random) -> tuple[Instance, Instance]:
-    cls = rng.choice(("Parser", "Cache", "Node", "Reader", "Builder", "Config", "Handler", "Queue", "Model"))
+    cls = rng.choice(CLASSES)
     head = f"class {cls}:\n"
     if rng.random() < 0.5:
         head += f'{INDENT}"""{sentence(rng, 5).capitalize()}."""\n\n'
