@@ -14,7 +14,9 @@ PACKAGE = Path(circuitlab.__file__).parent
 
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("paths", "config", "fused", "tasks.core", "tasks.codegen"),  # no project imports
-    ("abstopk", "tokenizer", "snapshot", "tasks.strings", "tasks.brackets", "tasks.variables", "tasks.syntax"),
+    ("abstopk", "tokenizer", "snapshot"),
+    # the task families
+    ("tasks.strings", "tasks.brackets", "tasks.variables", "tasks.control", "tasks.definitions", "tasks.syntax"),
     ("sparsity", "model", "tasks.harvest"),
     ("checkpoint", "compat", "tasks"),
     ("synthetic", "circuit"),

@@ -7,7 +7,7 @@ synthetic corpus share, one module per task family defines and registers its tas
 registers every task.
 """
 
-from circuitlab.tasks import brackets, strings, syntax, variables  # noqa: F401  (each registers its tasks)
+from circuitlab.tasks import brackets, control, definitions, strings, syntax, variables  # noqa: F401  (register)
 from circuitlab.tasks.brackets import nested
 from circuitlab.tasks.codegen import (
     CALLABLES,
@@ -29,6 +29,8 @@ from circuitlab.tasks.codegen import (
 )
 from circuitlab.tasks.core import (
     MAX_DRAWS_PER_PAIR,
+    PAPER_TASKS,
+    RENAMED,
     SPLITS,
     TEST_PROMPT_FRACTION,
     Datapoint,
@@ -57,6 +59,8 @@ __all__ = [
     "INDENT",
     "MAX_DRAWS_PER_PAIR",
     "MODULES",
+    "PAPER_TASKS",
+    "RENAMED",
     "SPLITS",
     "TEST_PROMPT_FRACTION",
     "VARIABLES",

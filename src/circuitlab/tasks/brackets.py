@@ -165,3 +165,24 @@ def _dict_or_set_key(rng: random.Random) -> tuple[Instance, Instance]:
         Instance(f'{head}{indent}{start}{{{entries_dict}, "{keys[-1]}', f" {literal(rng)}}}\n"),
         Instance(f'{head}{indent}{start}{{{entries_set}, "{keys[-1]}', f' "{rng.choice(WORDS)}"}}\n'),
     )
+
+
+@define_task(
+    "bracket_brace",
+    ('":', '",'),
+    "After a string in a literal: inside a dict `{` a key is followed by `:`, inside a list `[` an element by `,` "
+    "(our tokenizer merges both with the string's closing quote).",
+)
+def _bracket_brace(rng: random.Random) -> tuple[Instance, Instance]:
+    head, indent = frame(rng)
+    start = lead(rng, indent)
+    keys = [rng.choice(WORDS) for _ in range(rng.randint(1, 5))]
+    values = [literal(rng) for _ in keys[1:]]
+    entries = {
+        separator: "".join(f'"{k}"{separator} {v}, ' for k, v in zip(keys[:-1], values, strict=True))
+        for separator in ":,"
+    }
+    return (
+        Instance(f'{head}{indent}{start}{{{entries[":"]}"{keys[-1]}', f" {literal(rng)}}}\n"),
+        Instance(f'{head}{indent}{start}[{entries[","]}"{keys[-1]}', f" {literal(rng)}]\n"),
+    )

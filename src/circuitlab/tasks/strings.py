@@ -62,3 +62,22 @@ def _quote_in_list(rng: random.Random) -> tuple[Instance, Instance]:
         prompts.append(f"{head}{indent}{start}[{', '.join(quoted[:cut] + [q + words[cut]])}")
         rests.append(f" {', '.join(quoted[cut + 1 :])}]\n")
     return Instance(prompts[0], rests[0]), Instance(prompts[1], rests[1])
+
+
+@define_task(
+    "fstring_brace",
+    (" {", '")\n'),
+    "After a word in a printed f-string comes a placeholder ` {` for a variable; in a plain string, the end `\")`. "
+    "Our tokenizer merges `{` into the punctuation before the name (and `{}` into a plain string's closing "
+    "quote), so the paper's question, whether a variable name is inserted, is asked one token earlier.",
+)
+def _fstring_brace(rng: random.Random) -> tuple[Instance, Instance]:
+    head, indent = frame(rng)
+    var = pick_name(rng)
+    assigned = f"{head}{indent}{var} = {literal(rng, {var})}\n"
+    text = sentence(rng)
+    rest = following(rng, indent)
+    return (
+        Instance(f'{assigned}{indent}print(f"{text}', f'{var}}}")\n{rest}'),
+        Instance(f'{assigned}{indent}print("{text}', rest),
+    )

@@ -116,23 +116,6 @@ def _from_import_or_as(rng: random.Random) -> tuple[Instance, Instance]:
 
 
 @define_task(
-    "range_or_enumerate",
-    (" enumerate", " range"),
-    "`for i, x in` iterates ` enumerate(...)`; `for i in` iterates ` range(...)`.",
-)
-def _range_or_enumerate(rng: random.Random) -> tuple[Instance, Instance]:
-    head, indent = frame(rng)
-    index = rng.choice(("i", "j", "k", "idx", "index", "n", "pos", "row"))
-    item = pick_name(rng, {index})
-    source = pick_name(rng, {index, item})
-    body = statement(rng, indent + INDENT)
-    return (
-        Instance(f"{head}{indent}for {index}, {item} in", f"({source}):\n{body}"),
-        Instance(f"{head}{indent}for {index} in", f"(len({source})):\n{body}"),
-    )
-
-
-@define_task(
     "dict_items_unpack",
     (".items", ":\n"),
     "`for key, value in d` continues with `.items` (two names unpack a dict's pairs); `for value in d`, with `:`.",
