@@ -4,7 +4,8 @@ One module per job: :mod:`~circuitlab.tasks.core` is the framework (``Task``, sp
 registry), :mod:`~circuitlab.tasks.codegen` the code vocabulary and line generators that prompts and the
 synthetic corpus share, one module per task family defines and registers its tasks, and
 :mod:`~circuitlab.tasks.harvest` finds natural instances in the corpus snapshot. Importing the package
-registers every task.
+registers every task: the paper's twenty (``PAPER_TASKS``, the suite circuit sizes are averaged over) and the
+extras; ``names()`` lists them all, the twenty first.
 """
 
 from circuitlab.tasks import brackets, control, definitions, strings, syntax, variables  # noqa: F401  (register)

@@ -24,6 +24,12 @@ def _condition(rng: random.Random) -> str:
     return rng.choice((var, f"not {var}", f"{var} > {atom(rng)}", f"{var} in {other}", f"{var} is None"))
 
 
+def _function_head(rng: random.Random, low: int) -> str:
+    """A module-level `def` line and ``low`` to 3 lines of its body."""
+    params = ", ".join(dict.fromkeys(pick_name(rng) for _ in range(rng.randint(0, 3))))
+    return f"def {rng.choice(FUNCTIONS)}({params}):\n{statements(rng, INDENT, low, 3)}"
+
+
 def _block(rng: random.Random, indent: str) -> str:
     """The indented lines of a block opened at ``indent``."""
     return statements(rng, indent + INDENT, 1, 2)
@@ -80,8 +86,7 @@ def _if_ternary(rng: random.Random) -> tuple[Instance, Instance]:
     "function), 4.",
 )
 def _indent_for(rng: random.Random) -> tuple[Instance, Instance]:
-    params = ", ".join(dict.fromkeys(pick_name(rng) for _ in range(rng.randint(0, 3))))
-    function = f"def {rng.choice(FUNCTIONS)}({params}):\n{statements(rng, INDENT, 1, 3)}\n"
+    function = _function_head(rng, 1) + "\n"
     var = pick_name(rng)
     source = rng.choice((pick_name(rng, {var}), f"range({atom(rng, {var})})", f"{pick_name(rng, {var})}.items()"))
     loops = [f"{function}{indent}for {var} in {source}:\n" for indent in (INDENT, "")]
@@ -143,8 +148,7 @@ def _var_if(rng: random.Random) -> tuple[Instance, Instance]:
     "`while True` opens an indented block with `:`; `return True` ends its line.",
 )
 def _while_return_true(rng: random.Random) -> tuple[Instance, Instance]:
-    params = ", ".join(dict.fromkeys(pick_name(rng) for _ in range(rng.randint(0, 3))))
-    head = f"def {rng.choice(FUNCTIONS)}({params}):\n{statements(rng, INDENT, 0, 3)}"
+    head = _function_head(rng, 0)
     indent = INDENT
     if rng.random() < 0.4:
         head += f"{indent}if {_condition(rng)}:\n"
