@@ -21,7 +21,8 @@ from circuitlab.prune import PruneConfig, sample_pretraining_tokens
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=str(CHECKPOINTS_DIR / "sparse"), help="checkpoint folder")
-    parser.add_argument("--tasks", nargs="*", default=["single_double_quote", "bracket_counting", "set_or_string"])
+    case_studies = ["single_double_quote", "bracket_counting", "set_or_string_one_var"]  # the forms the model solves
+    parser.add_argument("--tasks", nargs="*", default=case_studies)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)

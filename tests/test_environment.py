@@ -42,3 +42,10 @@ def test_every_requirement_is_installed_and_satisfied(requirement):
 def test_the_core_dependencies_are_declared():
     names = {Requirement(r).name for r in PYPROJECT["project"]["dependencies"]}
     assert {"torch", "transformer-lens", "tokenizers", "safetensors", "matplotlib", "pandas"} <= names
+
+
+def test_transformer_lens_is_pinned_to_the_tested_major_release():
+    requirements = (Requirement(r) for r in PYPROJECT["project"]["dependencies"])
+    spec = next(r.specifier for r in requirements if r.name == "transformer-lens")
+    assert spec.contains("4.0.0") and spec.contains("4.3.0")
+    assert not spec.contains("3.9.0") and not spec.contains("5.0.0")

@@ -44,11 +44,11 @@ def test_task_instances_come_from_the_train_split_with_their_answers(monkeypatch
             if snippet.startswith(instance.prompt + answer + instance.rest):
                 answered.add((task.name, answer))
         assert {split for _, split, *_ in drawn[start:]} == {"train"}
-    assert answered == {(task.name, answer) for task in tasks.BUILTIN_TASKS for answer in task.candidates}
+    assert answered == {(name, answer) for name in synthetic.TRAINING_MIX for answer in tasks.get(name).candidates}
 
 
 def test_tasks_registered_later_do_not_change_the_corpus(monkeypatch):
     before = synthetic.generate_text(20_000, seed=4)
     extra = tasks.Task("extra", "", ("]\n", ")\n"), tasks.get("close_tuple_or_list").sampler)
-    monkeypatch.setitem(tasks._REGISTRY, "extra", extra)
+    monkeypatch.setitem(tasks.core._REGISTRY, "extra", extra)
     assert synthetic.generate_text(20_000, seed=4) == before

@@ -17,7 +17,7 @@ def tokenizer():
     from circuitlab.tokenizer import DEFAULT_TOKENIZER_PATH, load_tokenizer
 
     if not DEFAULT_TOKENIZER_PATH.exists():
-        pytest.skip(f"{DEFAULT_TOKENIZER_PATH} does not exist yet; build it with python -m circuitlab.tokenizer")
+        pytest.skip(f"{DEFAULT_TOKENIZER_PATH} does not exist yet; build it with python -m circuitlab.build tokenizer")
     return load_tokenizer()
 
 

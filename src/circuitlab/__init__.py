@@ -1,6 +1,6 @@
 """circuitlab: weight-sparse transformers with interpretable circuits (Gao et al. 2025), on a CPU.
 
-The boxes of the pipeline, one module each: `tokenizer`, `corpus`, `synthetic`, `tasks` (data);
+The boxes of the pipeline, one module each: `snapshot`, `tokenizer`, `tasks`, `synthetic`, `build`, `corpus` (data);
 `model`, `abstopk`, `fused`, `config`, `checkpoint`, `compat` (the SparseTransformer); `sparsity`, `train`
 (weight-sparse training); `prune`, `circuit`, `plotting` (circuits); `settings` (reading configs, overrides
 and parameters).

@@ -8,6 +8,7 @@ import matplotlib.pyplot as plt
 import networkx as nx
 
 from circuitlab.circuit import Circuit, Node, sublayer_order
+from circuitlab.paths import FIGURES_DIR
 
 LOCATION_COLORS = {
     "attn_read": "#9ecae1",
@@ -98,8 +99,6 @@ def _column_label(node: Node) -> str:
 
 def save_figure(fig: plt.Figure, name: str, directory: str | Path | None = None) -> Path:
     """Save under figures/ with a stable name (PNG, 150 dpi)."""
-    from circuitlab.paths import FIGURES_DIR
-
     directory = Path(directory or FIGURES_DIR)
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"{name}.png"

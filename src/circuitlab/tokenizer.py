@@ -9,12 +9,11 @@ Pre-tokens (BPE never merges across them), in the order the pattern tries them:
 5. a run of other whitespace (indentation).
 
 So the tokens a task asks about can be single tokens, and a prompt that stops right before one of them
-tokenises exactly like the same code with the answer written out. Rebuild with `python -m circuitlab.tokenizer`.
+tokenises exactly like the same code with the answer written out. Rebuild with `python -m circuitlab.build tokenizer`.
 """
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -59,7 +58,7 @@ def load_tokenizer(path: str | Path | None = None) -> Tokenizer:
     path = Path(path or DEFAULT_TOKENIZER_PATH)
     if not path.is_file():
         raise FileNotFoundError(
-            f"No tokenizer at {path}. Build it from the corpus with: python -m circuitlab.tokenizer"
+            f"No tokenizer at {path}. Build it from the corpus with: python -m circuitlab.build tokenizer"
         )
     return Tokenizer.from_file(str(path))
 
@@ -67,27 +66,3 @@ def load_tokenizer(path: str | Path | None = None) -> Tokenizer:
 def pretokenize(text: str) -> list[str]:
     """The pre-tokens of `text` (before BPE), for showing and testing the splitting rule."""
     return [piece for piece, _ in pre_tokenizers.Split(Regex(PRETOKENIZE_PATTERN), "isolated").pre_tokenize_str(text)]
-
-
-def training_texts() -> list[str]:
-    """What the shipped tokenizer is trained on: the corpus' training files and as much synthetic text."""
-    from circuitlab.corpus import iter_corpus_files
-    from circuitlab.synthetic import generate_text
-
-    real = [text for _, text in iter_corpus_files("train")]
-    return real + [generate_text(sum(map(len, real)), seed=0)]
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description="Rebuild the tokenizer from the corpus (byte-identical each time).")
-    parser.add_argument("--out", type=Path, default=DEFAULT_TOKENIZER_PATH)
-    parser.add_argument("--vocab-size", type=int, default=DEFAULT_VOCAB_SIZE)
-    args = parser.parse_args()
-    tokenizer = train_tokenizer(training_texts(), args.vocab_size)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(tokenizer.to_str(pretty=True) + "\n")
-    print(f"wrote {args.out} ({tokenizer.get_vocab_size()} tokens)")
-
-
-if __name__ == "__main__":
-    main()
