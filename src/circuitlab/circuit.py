@@ -35,6 +35,7 @@ from torch import Tensor
 
 from circuitlab.checkpoint import write_atomic, write_text_atomic
 from circuitlab.model import NODE_LOCATIONS, SparseTransformer
+from circuitlab.tasks import task_loss
 
 LOCATION_OF_HOOK = {template.split("{layer}.")[1]: location for location, template in NODE_LOCATIONS.items()}
 READ_LOCATIONS = ("attn_read", "mlp_read")
@@ -252,8 +253,6 @@ class Circuit:
     def loss(self, model: SparseTransformer, batch, invert: bool = False, calibrated: bool = True) -> float:
         """Task loss on `batch` with everything outside the circuit ablated, calibrated as the circuit was
         fitted (or, with invert, the circuit itself ablated; no calibration then)."""
-        from circuitlab.tasks import task_loss
-
         logits = model.run_with_hooks(batch.tokens, fwd_hooks=self.hooks(invert))
         if calibrated and not invert:
             logits = self.calibration.apply(logits)

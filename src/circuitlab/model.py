@@ -30,6 +30,8 @@ from circuitlab import checkpoint
 from circuitlab.abstopk import AbsTopK
 from circuitlab.config import SparseTransformerConfig
 from circuitlab.fused import BigramLogitsCPU, SinkAttentionCPU, takes_compiled_kernels
+from circuitlab.paths import DATA_DIR
+from circuitlab.tokenizer import load_tokenizer
 
 # The eight places whose channels are the nodes of a circuit: location -> hook name template.
 NODE_LOCATIONS: dict[str, str] = {
@@ -321,12 +323,8 @@ class SparseTransformer(HookedRootModule):
     def tokenizer(self):
         """The model's `tokenizers.Tokenizer`, loaded on first use from `cfg.tokenizer_path`."""
         if self._tokenizer is None:
-            from circuitlab.tokenizer import load_tokenizer
-
             path = Path(self.cfg.tokenizer_path)
             if not path.is_absolute():
-                from circuitlab.paths import DATA_DIR
-
                 path = DATA_DIR / path
             self._tokenizer = load_tokenizer(path)
         return self._tokenizer

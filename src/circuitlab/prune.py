@@ -29,8 +29,9 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from circuitlab import settings
+from circuitlab import settings, tasks
 from circuitlab.circuit import Calibration, Circuit, circuit_edges, node_shapes
+from circuitlab.corpus import TokenSampler, load_token_streams
 from circuitlab.discretize import greedy_cleanup, smallest_sufficient
 from circuitlab.model import SparseTransformer
 from circuitlab.tasks import Task, TaskBatch, task_loss
@@ -472,8 +473,6 @@ def unit_attribution(model: SparseTransformer, masks: NodeMasks, batch: TaskBatc
 
 def sample_pretraining_tokens(model: SparseTransformer, n_rows: int, seed: int) -> Tensor:
     """Rows of real validation text the size of the model's context, for mean ablation."""
-    from circuitlab.corpus import TokenSampler, load_token_streams
-
     sampler = TokenSampler(load_token_streams(), "val", model.cfg.n_ctx, synthetic_fraction=0.0, seed=seed)
     return sampler.batch(0, n_rows)
 
@@ -493,8 +492,6 @@ def main(argv: list[str] | None = None) -> None:
     import argparse
     import json
     import time
-
-    from circuitlab import tasks
 
     parser = argparse.ArgumentParser(description="Prune tasks on a model and save their circuits.")
     parser.add_argument("--model", required=True, help="checkpoint folder, e.g. data/checkpoints/sparse")
