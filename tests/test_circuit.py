@@ -3,11 +3,11 @@
 import pytest
 import torch
 
-from circuitlab.circuit import Circuit, Node, circuit_edges, parse_hook, size_comparison
+from circuitlab.circuit import Circuit, Node, circuit_edges, edges_ablated, parse_hook, size_comparison
 from circuitlab.config import SparseTransformerConfig
 from circuitlab.model import SparseTransformer
 from circuitlab.prune import ablation_values, node_shapes
-from circuitlab.tasks import TaskBatch
+from circuitlab.tasks import TaskBatch, task_loss
 
 CFG = SparseTransformerConfig(n_layers=2, d_model=32, n_heads=2, d_vocab=60, n_ctx=20, seed=2)
 
@@ -165,3 +165,48 @@ def test_node_explorer_lists_the_budgeted_nodes_and_shows_one(model, batch):
     budget.value = 3
     assert [node for _, node in node_picker.options] == circuit.ranked_nodes()[:3]
     node_picker.value = node_picker.options[-1][1]  # redraws without error
+
+
+def test_an_ablated_edge_carries_its_source_constant_and_is_undone(model, batch):
+    circuit = sparse_circuit(model, batch)
+    edge = next(e for e in circuit.edges if e.target.location == "mlp_neuron")
+    block = model.blocks[edge.source.layer]
+    read_name = f"blocks.{edge.source.layer}.hook_mlp_read"
+    mean = circuit.ablation_values[read_name][edge.source.index]
+    captured = {}
+
+    def capture(name):
+        def hook(activation, hook):
+            captured[name] = activation.detach().clone()
+
+        return hook
+
+    hooks = [(read_name, capture("read")), (f"blocks.{edge.source.layer}.mlp.hook_pre", capture("pre"))]
+    model.run_with_hooks(batch.tokens, fwd_hooks=hooks)
+    read, pre = captured["read"], captured["pre"]
+    before = {name: p.clone() for name, p in model.named_parameters()}
+    with edges_ablated(model, [(edge.source, edge.target)], circuit.ablation_values):
+        model.run_with_hooks(batch.tokens, fwd_hooks=hooks)
+        assert block.mlp.W_in[edge.source.index, edge.target.index] == 0
+    expected = pre[..., edge.target.index] - edge.weight * (read[..., edge.source.index] - mean)
+    torch.testing.assert_close(captured["pre"][..., edge.target.index], expected, rtol=1e-4, atol=1e-5)
+    assert all(torch.equal(p, before[name]) for name, p in model.named_parameters())  # undone exactly
+
+
+def test_removed_edges_survive_save_load_and_the_standalone_model(model, batch, tmp_path):
+    circuit = sparse_circuit(model, batch)
+    n_edges, whole = circuit.n_edges, circuit.to_model(model)
+    writes = [e for e in circuit.edges if e.target.layer == 1 and e.target.location in ("attn_write", "mlp_write")]
+    circuit.removed_edges = [(e.source, e.target) for e in writes[:5]]
+    circuit.edges = circuit_edges(model, circuit.masks, circuit.removed_edges)
+    assert circuit.n_edges == n_edges - 5
+    locations = {e.target.location for e in writes[:5]}
+    names = [f"blocks.1.hook_{'attn' if location == 'attn_write' else 'mlp'}_out" for location in locations]
+    _, with_edges = whole.run_with_cache(batch.tokens, names_filter=names)
+    _, without = circuit.to_model(model).run_with_cache(batch.tokens, names_filter=names)
+    assert not any(torch.allclose(with_edges[name], without[name]) for name in names)  # the edges did something
+    loaded = Circuit.load(circuit.save(tmp_path / "c"), model)
+    assert loaded.removed_edges == circuit.removed_edges and loaded.n_edges == circuit.n_edges
+    assert loaded.loss(model, batch) == pytest.approx(circuit.loss(model, batch), abs=1e-6)
+    standalone = circuit.to_model(model)
+    assert task_loss(standalone(batch.tokens), batch).item() == pytest.approx(circuit.loss(model, batch), abs=1e-5)

@@ -20,8 +20,10 @@ write channel m feeds every later read of residual channel m through the residua
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import NamedTuple
@@ -56,6 +58,12 @@ class Node(NamedTuple):
 
     def __str__(self) -> str:
         return f"L{self.layer}.{self.location}.{self.index}"
+
+    @classmethod
+    def parse(cls, text: str) -> Node:
+        """'L3.mlp_neuron.17' -> Node(3, 'mlp_neuron', 17)."""
+        layer, location, index = text.split(".")
+        return cls(int(layer[1:]), location, int(index))
 
 
 class Edge(NamedTuple):
@@ -171,6 +179,7 @@ class Circuit:
     selection_loss: float = float("nan")  # on the pairs that chose the circuit (not a held-out number)
     uncalibrated_loss: float = float("nan")  # the circuit alone on held-out pairs, without the calibration
     search: dict = field(default_factory=dict)  # what the search found before cleanup
+    removed_edges: list[tuple[Node, Node]] = field(default_factory=list)  # weights between kept nodes ablated
 
     # ------------------------------------------------------------------ nodes and edges
 
@@ -253,19 +262,21 @@ class Circuit:
     def loss(self, model: SparseTransformer, batch, invert: bool = False, calibrated: bool = True) -> float:
         """Task loss on `batch` with everything outside the circuit ablated, calibrated as the circuit was
         fitted (or, with invert, the circuit itself ablated; no calibration then)."""
-        logits = model.run_with_hooks(batch.tokens, fwd_hooks=self.hooks(invert))
+        with edges_ablated(model, [] if invert else self.removed_edges, self.ablation_values):
+            logits = model.run_with_hooks(batch.tokens, fwd_hooks=self.hooks(invert))
         if calibrated and not invert:
             logits = self.calibration.apply(logits)
         return task_loss(logits, batch).item()
 
     def to_model(self, model: SparseTransformer) -> SparseTransformer:
-        """A standalone copy of `model` in which every pruned node is its constant (permanent hooks) and the
-        calibration is folded into the unembedding (and bigram table), so it runs the circuit with plain
-        `model(tokens)` and still works with caches and further hooks."""
+        """A standalone copy of `model` in which every pruned node is its constant (permanent hooks), every
+        removed edge's weight is folded into its target's bias, and the calibration into the unembedding (and
+        bigram table), so it runs the circuit with plain `model(tokens)` and works with caches and hooks."""
         pruned = copy.deepcopy(model)
         pruned.reset_hooks(including_permanent=True)
         for name, hook in self.hooks():
             pruned.add_hook(name, hook, is_permanent=True)
+        ablate_edges(pruned, self.removed_edges, self.ablation_values)
         with torch.no_grad():
             pruned.unembed.W_U.mul_(self.calibration.scale)
             pruned.unembed.b_U.copy_(self.calibration.apply(pruned.unembed.b_U))
@@ -293,6 +304,7 @@ class Circuit:
             "selection_loss": self.selection_loss,
             "uncalibrated_loss": self.uncalibrated_loss,
             "search": self.search,
+            "removed_edges": [[str(source), str(target)] for source, target in self.removed_edges],
             "summary": self.summary(),
             "history": self.history,
             "config": self.config,
@@ -333,7 +345,8 @@ class Circuit:
             found = {name: tuple(mask.shape) for name, mask in masks.items()}
             if found != expected:
                 raise ValueError(f"{directory} does not fit this model: its node masks differ in names or shapes.")
-            edges = circuit_edges(model, masks)
+            removed = [(Node.parse(a), Node.parse(b)) for a, b in meta.get("removed_edges", [])]
+            edges = circuit_edges(model, masks, removed)
             if len(edges) != meta["n_edges"]:
                 raise ValueError(
                     f"{directory} was pruned on a different model: it records {meta['n_edges']} edges, this "
@@ -358,29 +371,93 @@ class Circuit:
             selection_loss=meta.get("selection_loss", float("nan")),
             uncalibrated_loss=meta.get("uncalibrated_loss", meta["task_loss"]),
             search=meta.get("search", {}),
+            removed_edges=[(Node.parse(a), Node.parse(b)) for a, b in meta.get("removed_edges", [])],
         )
 
 
-def circuit_edges(model: SparseTransformer, masks: dict[str, Tensor]) -> list[Edge]:
-    """The nonzero weights between kept nodes (the convention in the module docstring)."""
-    edges = []
-    cfg = model.cfg
-    for layer, block in enumerate(model.blocks):
-        kept = {loc: masks[tmpl.format(layer=layer)].flatten().bool() for loc, tmpl in NODE_LOCATIONS.items()}
+def weight_links(model: SparseTransformer, layer: int) -> list[tuple[str, str, Tensor]]:
+    """(source location, target location, weight [n_source, n_target]) for every kind of edge in `layer`, with
+    q, k, v channels numbered head * d_head + dim. The weights are views where the layout allows (W_O, W_in,
+    W_out) and copies for W_Q, W_K, W_V; `weight_entry` gives the writable entry of one edge."""
+    block, d_model = model.blocks[layer], model.cfg.d_model
+    return [
+        ("attn_read", "q", block.attn.W_Q.detach().permute(1, 0, 2).reshape(d_model, -1)),
+        ("attn_read", "k", block.attn.W_K.detach().permute(1, 0, 2).reshape(d_model, -1)),
+        ("attn_read", "v", block.attn.W_V.detach().permute(1, 0, 2).reshape(d_model, -1)),
+        ("v", "attn_write", block.attn.W_O.detach().reshape(-1, d_model)),
+        ("mlp_read", "mlp_neuron", block.mlp.W_in.detach()),
+        ("mlp_neuron", "mlp_write", block.mlp.W_out.detach()),
+    ]
 
-        links = [
-            ("attn_read", "q", block.attn.W_Q.permute(1, 0, 2).reshape(cfg.d_model, -1)),
-            ("attn_read", "k", block.attn.W_K.permute(1, 0, 2).reshape(cfg.d_model, -1)),
-            ("attn_read", "v", block.attn.W_V.permute(1, 0, 2).reshape(cfg.d_model, -1)),
-            ("v", "attn_write", block.attn.W_O.reshape(-1, cfg.d_model)),
-            ("mlp_read", "mlp_neuron", block.mlp.W_in),
-            ("mlp_neuron", "mlp_write", block.mlp.W_out),
-        ]
-        for source, target, weight in links:
-            weight = weight.detach()
+
+def weight_entry(model: SparseTransformer, source: Node, target: Node) -> tuple[Tensor, tuple, Tensor, tuple]:
+    """The parameter and index holding edge source -> target, and the bias (and index) of its target."""
+    block, d_head = model.blocks[source.layer], model.cfg.d_head
+    if target.location in ("q", "k", "v"):
+        head, dim = divmod(target.index, d_head)
+        letter = target.location.upper()
+        attn = block.attn
+        return getattr(attn, f"W_{letter}"), (head, source.index, dim), getattr(attn, f"b_{letter}"), (head, dim)
+    if target.location == "attn_write":
+        head, dim = divmod(source.index, d_head)
+        return block.attn.W_O, (head, dim, target.index), block.attn.b_O, (target.index,)
+    if target.location == "mlp_neuron":
+        return block.mlp.W_in, (source.index, target.index), block.mlp.b_in, (target.index,)
+    return block.mlp.W_out, (source.index, target.index), block.mlp.b_out, (target.index,)
+
+
+def ablate_edges(
+    model: SparseTransformer, edges: Iterable[tuple[Node, Node]], ablation_values: dict[str, Tensor]
+) -> Callable[[], None]:
+    """Set each edge's weight to zero and add its source's ablation value (times the weight) to the target's
+    bias, in place: the edge carries its source's constant instead of its activation. Returns the undo.
+
+    Exact for every edge but v -> attn_write in a model with attention sinks, where the constant is carried as
+    if the attention weights summed to one (they sum to one minus the sink's share)."""
+    saved = []
+    with torch.no_grad():
+        for source, target in edges:
+            weight, w_index, bias, b_index = weight_entry(model, source, target)
+            saved.append((weight, w_index, weight[w_index].clone(), bias, b_index, bias[b_index].clone()))
+            value = ablation_values[NODE_LOCATIONS[source.location].format(layer=source.layer)].flatten()
+            bias[b_index] += weight[w_index] * value[source.index]
+            weight[w_index] = 0.0
+
+    @torch.no_grad()
+    def undo() -> None:
+        for weight, w_index, w_value, bias, b_index, b_value in reversed(saved):
+            weight[w_index] = w_value
+            bias[b_index] = b_value
+
+    return undo
+
+
+@contextlib.contextmanager
+def edges_ablated(
+    model: SparseTransformer, edges: Iterable[tuple[Node, Node]], ablation_values: dict[str, Tensor]
+) -> Iterator[SparseTransformer]:
+    """`ablate_edges` for the duration of a `with` block."""
+    undo = ablate_edges(model, edges, ablation_values)
+    try:
+        yield model
+    finally:
+        undo()
+
+
+def circuit_edges(
+    model: SparseTransformer, masks: dict[str, Tensor], removed: Iterable[tuple[Node, Node]] = ()
+) -> list[Edge]:
+    """The nonzero weights between kept nodes (the convention in the module docstring), minus `removed` ones."""
+    removed = set(removed)
+    edges = []
+    for layer in range(model.cfg.n_layers):
+        kept = {loc: masks[tmpl.format(layer=layer)].flatten().bool() for loc, tmpl in NODE_LOCATIONS.items()}
+        for source, target, weight in weight_links(model, layer):
             live = (weight != 0) & kept[source][:, None] & kept[target][None, :]
             for i, j in live.nonzero().tolist():
-                edges.append(Edge(Node(layer, source, i), Node(layer, target, j), weight[i, j].item()))
+                pair = (Node(layer, source, i), Node(layer, target, j))
+                if pair not in removed:
+                    edges.append(Edge(*pair, weight[i, j].item()))
     return edges
 
 

@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from circuitlab import settings, tasks
-from circuitlab.circuit import Calibration, Circuit, circuit_edges, node_shapes
+from circuitlab.circuit import Calibration, Circuit, Node, circuit_edges, edges_ablated, node_shapes
 from circuitlab.corpus import TokenSampler, load_token_streams
 from circuitlab.discretize import greedy_cleanup, smallest_sufficient
 from circuitlab.model import SparseTransformer
@@ -63,7 +63,8 @@ class PruneConfig:
     tie_qk: bool = False  # one score for q and k channel (h, e) of a layer: they are kept or pruned together
     selection_margin: float = 0.15  # stages 2-4 aim at target * (1 - margin), so circuits hold on fresh pairs
     scan_ratio: float = 2.0  # growth of the search's geometric scan over k
-    cleanup: bool = True
+    cleanup: bool = True  # greedy removal of the nodes the search kept but the circuit can do without
+    edge_cleanup: bool = True  # then the same for single weights (edges) between kept nodes
     seed: int = 0
     skip_unsolved: bool = True  # when the full model misses the target, keep every node without training masks
 
@@ -368,53 +369,81 @@ def prune(
         test = MaskedEvaluator(model, masks, pairs.test)
         full_model_loss = test.loss(None)
         history: list[dict] = []
+        units, found, removed_edges = list(range(masks.n_units)), {}, []
         if full_model_loss <= cfg.target_loss or not cfg.skip_unsolved:
             history = train_masks(model, masks, pairs.train, cfg, progress, desc=f"prune {task_name}")
             masks.tiebreak = unit_attribution(model, masks, pairs.selection)
-        ranking = masks.ranking()
-        if full_model_loss <= cfg.target_loss or not cfg.skip_unsolved:
-            k = smallest_sufficient(
-                lambda k: selection.fit(masks.node_masks(ranking[:k]))[0],
-                cfg.search_target,
-                masks.n_units,
-                cfg.scan_ratio,
-            )
-        else:
-            k = masks.n_units
-        units = ranking[:k].tolist()
-        found = {"units": k, "nodes": int(sum(m.sum() for m in masks.node_masks(ranking[:k]).values()))}
-        if cfg.cleanup and k < masks.n_units:
-            candidates = units
-
-            def loss_without(gone: frozenset[int]) -> float:
-                return selection.fit(masks.node_masks(torch.tensor([u for u in candidates if u not in gone])))[0]
-
-            kept, removed = greedy_cleanup(candidates[::-1], loss_without, cfg.search_target)  # least needed first
-            units = kept[::-1]
-            found["removed_by_cleanup"] = len(removed)
+            units, found = search_units(masks, selection, cfg)
+            if cfg.edge_cleanup and len(units) < masks.n_units:
+                removed_edges = cleanup_edges(model, masks.node_masks(torch.tensor(units)), means, selection, cfg)
+                found["removed_edges"] = len(removed_edges)
         node_masks = masks.node_masks(torch.tensor(units, dtype=torch.long))
-        selection_loss, calibration = selection.fit(node_masks)
         bool_masks = {name: mask.bool() for name, mask in node_masks.items()}
-        circuit = Circuit(
+        with edges_ablated(model, removed_edges, means):
+            selection_loss, calibration = selection.fit(node_masks)
+            task_loss_value, uncalibrated_loss = test.loss(node_masks, calibration), test.loss(node_masks)
+        return Circuit(
             task_name=task_name,
             masks=bool_masks,
             ablation_values=means,
             ablation=cfg.ablation,
             target_loss=cfg.target_loss,
-            task_loss=test.loss(node_masks, calibration),
+            task_loss=task_loss_value,
             full_model_loss=full_model_loss,
             ablated_model_loss=test.loss(masks.node_masks(torch.tensor([], dtype=torch.long))),
             necessity_loss=test.loss(node_masks, invert=True),
-            edges=circuit_edges(model, bool_masks),
+            edges=circuit_edges(model, bool_masks, removed_edges),
             scores={name: masks.scores[masks.param_of[name]].detach().clone() for name in masks.names},
             history=history,
             config=asdict(cfg),
             calibration=calibration,
             selection_loss=selection_loss,
-            uncalibrated_loss=test.loss(node_masks),
+            uncalibrated_loss=uncalibrated_loss,
             search=found,
+            removed_edges=removed_edges,
         )
-    return circuit
+
+
+def search_units(masks: NodeMasks, selection: MaskedEvaluator, cfg: PruneConfig) -> tuple[list[int], dict]:
+    """Stages 2 and 4 for nodes: the smallest top-k of the ranking that reaches the search target on the
+    selection pairs (calibrated), then greedy removal of units it can do without. Returns the units kept
+    (most needed first) and what each stage found."""
+    ranking = masks.ranking()
+    k = smallest_sufficient(
+        lambda k: selection.fit(masks.node_masks(ranking[:k]))[0], cfg.search_target, masks.n_units, cfg.scan_ratio
+    )
+    units = ranking[:k].tolist()
+    found = {"units": k, "nodes": int(sum(m.sum() for m in masks.node_masks(ranking[:k]).values()))}
+    if cfg.cleanup and k < masks.n_units:
+
+        def loss_without(gone: frozenset[int]) -> float:
+            return selection.fit(masks.node_masks(torch.tensor([u for u in units if u not in gone])))[0]
+
+        kept, removed = greedy_cleanup(units[::-1], loss_without, cfg.search_target)  # least needed first
+        units = kept[::-1]
+        found["removed_by_cleanup"] = len(removed)
+    return units, found
+
+
+def cleanup_edges(
+    model: SparseTransformer,
+    node_masks: dict[str, Tensor],
+    means: dict[str, Tensor],
+    selection: MaskedEvaluator,
+    cfg: PruneConfig,
+) -> list[tuple[Node, Node]]:
+    """Edge-level pruning inside the circuit, the method the paper names but did not build: ablate single
+    weights between kept nodes (smallest magnitude first) while the circuit still reaches the search target.
+    Returns the removed edges as (source, target) nodes."""
+    edges = sorted(circuit_edges(model, {n: m.bool() for n, m in node_masks.items()}), key=lambda e: abs(e.weight))
+    links = [(edge.source, edge.target) for edge in edges]
+
+    def loss_without(gone: frozenset[int]) -> float:
+        with edges_ablated(model, [links[i] for i in sorted(gone)], means):
+            return selection.fit(node_masks)[0]
+
+    _, removed = greedy_cleanup(list(range(len(links))), loss_without, cfg.search_target)
+    return [links[i] for i in removed]
 
 
 def learning_rate(step: int, cfg: PruneConfig) -> float:
