@@ -22,14 +22,13 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import asdict, dataclass, replace
 
 import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from circuitlab import settings, tasks
+from circuitlab import settings
 from circuitlab.circuit import Calibration, Circuit, Node, circuit_edges, edges_ablated, node_shapes
 from circuitlab.corpus import TokenSampler, load_token_streams
 from circuitlab.discretize import greedy_cleanup, smallest_sufficient
@@ -353,6 +352,25 @@ def prune(
     was found (mode and gradient flags).
     """
     cfg = PruneConfig(**{**asdict(cfg or PruneConfig()), **overrides})
+    circuits = prune_targets(
+        model, task, [cfg.target_loss], cfg, pairs=pairs, pretraining_tokens=pretraining_tokens, progress=progress
+    )
+    return circuits[cfg.target_loss]
+
+
+def prune_targets(
+    model: SparseTransformer,
+    task: Task | None,
+    targets: list[float],
+    cfg: PruneConfig | None = None,
+    *,
+    pairs: PrunePairs | None = None,
+    pretraining_tokens: Tensor | None = None,
+    progress: bool = True,
+) -> dict[float, Circuit]:
+    """`prune` at several target losses from one mask training (stages 2-4 run once per target): the
+    circuit-size-versus-loss curves of the paper's Figure 2. Target -> circuit."""
+    cfg = cfg or PruneConfig()
     if pairs is None:
         if task is None:
             raise ValueError("prune needs a task or ready pairs= (a PrunePairs of train, selection and test batches)")
@@ -369,39 +387,45 @@ def prune(
         test = MaskedEvaluator(model, masks, pairs.test)
         full_model_loss = test.loss(None)
         history: list[dict] = []
-        units, found, removed_edges = list(range(masks.n_units)), {}, []
-        if full_model_loss <= cfg.target_loss or not cfg.skip_unsolved:
+        if full_model_loss <= max(targets) or not cfg.skip_unsolved:
             history = train_masks(model, masks, pairs.train, cfg, progress, desc=f"prune {task_name}")
             masks.tiebreak = unit_attribution(model, masks, pairs.selection)
-            units, found = search_units(masks, selection, cfg)
-            if cfg.edge_cleanup and len(units) < masks.n_units:
-                removed_edges = cleanup_edges(model, masks.node_masks(torch.tensor(units)), means, selection, cfg)
-                found["removed_edges"] = len(removed_edges)
-        node_masks = masks.node_masks(torch.tensor(units, dtype=torch.long))
-        bool_masks = {name: mask.bool() for name, mask in node_masks.items()}
-        with edges_ablated(model, removed_edges, means):
-            selection_loss, calibration = selection.fit(node_masks)
-            task_loss_value, uncalibrated_loss = test.loss(node_masks, calibration), test.loss(node_masks)
-        return Circuit(
-            task_name=task_name,
-            masks=bool_masks,
-            ablation_values=means,
-            ablation=cfg.ablation,
-            target_loss=cfg.target_loss,
-            task_loss=task_loss_value,
-            full_model_loss=full_model_loss,
-            ablated_model_loss=test.loss(masks.node_masks(torch.tensor([], dtype=torch.long))),
-            necessity_loss=test.loss(node_masks, invert=True),
-            edges=circuit_edges(model, bool_masks, removed_edges),
-            scores={name: masks.scores[masks.param_of[name]].detach().clone() for name in masks.names},
-            history=history,
-            config=asdict(cfg),
-            calibration=calibration,
-            selection_loss=selection_loss,
-            uncalibrated_loss=uncalibrated_loss,
-            search=found,
-            removed_edges=removed_edges,
-        )
+        circuits = {}
+        for target in targets:
+            target_cfg = replace(cfg, target_loss=target)
+            units, found, removed_edges = list(range(masks.n_units)), {}, []
+            if full_model_loss <= target or not cfg.skip_unsolved:
+                units, found = search_units(masks, selection, target_cfg)
+                if cfg.edge_cleanup and len(units) < masks.n_units:
+                    kept = masks.node_masks(torch.tensor(units))
+                    removed_edges = cleanup_edges(model, kept, means, selection, target_cfg)
+                    found["removed_edges"] = len(removed_edges)
+            node_masks = masks.node_masks(torch.tensor(units, dtype=torch.long))
+            bool_masks = {name: mask.bool() for name, mask in node_masks.items()}
+            with edges_ablated(model, removed_edges, means):
+                selection_loss, calibration = selection.fit(node_masks)
+                task_loss_value, uncalibrated_loss = test.loss(node_masks, calibration), test.loss(node_masks)
+            circuits[target] = Circuit(
+                task_name=task_name,
+                masks=bool_masks,
+                ablation_values=means,
+                ablation=cfg.ablation,
+                target_loss=target,
+                task_loss=task_loss_value,
+                full_model_loss=full_model_loss,
+                ablated_model_loss=test.loss(masks.node_masks(torch.tensor([], dtype=torch.long))),
+                necessity_loss=test.loss(node_masks, invert=True),
+                edges=circuit_edges(model, bool_masks, removed_edges),
+                scores={name: masks.scores[masks.param_of[name]].detach().clone() for name in masks.names},
+                history=history,
+                config=asdict(target_cfg),
+                calibration=calibration,
+                selection_loss=selection_loss,
+                uncalibrated_loss=uncalibrated_loss,
+                search=found,
+                removed_edges=removed_edges,
+            )
+    return circuits
 
 
 def search_units(masks: NodeMasks, selection: MaskedEvaluator, cfg: PruneConfig) -> tuple[list[int], dict]:
@@ -514,48 +538,3 @@ def loss_vs_nodes(model: SparseTransformer, circuit: Circuit, batch: TaskBatch, 
     masks.load_scores(circuit.scores)
     evaluator = MaskedEvaluator(model, masks, batch)
     return [evaluator.loss(masks.highest(k)) for k in ks]
-
-
-def main(argv: list[str] | None = None) -> None:
-    """Prune tasks on a checkpoint and save each circuit: the command that makes data/circuits/."""
-    import argparse
-    import json
-    import time
-
-    parser = argparse.ArgumentParser(description="Prune tasks on a model and save their circuits.")
-    parser.add_argument("--model", required=True, help="checkpoint folder, e.g. data/checkpoints/sparse")
-    parser.add_argument("--out", required=True, help="folder to write one circuit folder per task into")
-    parser.add_argument("--tasks", nargs="*", default=None, help="task names (default: all)")
-    parser.add_argument("--overwrite", action="store_true", help="replace circuits that already exist")
-    parser.add_argument(
-        "--set", nargs="+", action="extend", default=[], metavar="FIELD=VALUE", help="PruneConfig overrides"
-    )
-    parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's own choice)")
-    args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    try:
-        overrides = settings.parse_overrides(PruneConfig, args.set)
-        PruneConfig(**overrides)
-    except settings.SettingsError as err:
-        parser.error(str(err))
-    names = args.tasks or tasks.names()
-    unknown = [name for name in names if name not in tasks.names()]
-    if unknown:  # every name checked before anything is pruned
-        parser.error(f"--tasks: no task named {', '.join(map(repr, unknown))}; tasks: {', '.join(tasks.names())}")
-    model = SparseTransformer.from_pretrained(args.model)
-    pretraining_tokens = sample_pretraining_tokens(model, PRETRAINING_ROWS, seed=0)
-    for name in names:
-        out = Path(args.out) / name
-        if (out / "circuit.json").exists() and not args.overwrite:
-            print(f"{name}: exists, skipped (pass --overwrite to recompute)")
-            continue
-        start = time.perf_counter()
-        circuit = prune(model, tasks.get(name), pretraining_tokens=pretraining_tokens, progress=False, **overrides)
-        circuit.config["seconds"] = round(time.perf_counter() - start, 1)
-        circuit.save(out, overwrite=args.overwrite)
-        print(json.dumps({**circuit.summary(), "seconds": circuit.config["seconds"]}))
-
-
-if __name__ == "__main__":
-    main()
