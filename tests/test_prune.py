@@ -191,3 +191,14 @@ def test_prune_finds_a_small_sufficient_and_necessary_circuit(sparse_model):
     torch.testing.assert_close(
         task_loss(standalone(fresh.tokens), fresh).item(), circuit.loss(sparse_model, fresh), rtol=1e-4, atol=1e-5
     )
+
+
+def test_cleanup_stops_after_its_trial_budget():
+    calls = []
+
+    def loss_without(gone):
+        calls.append(gone)
+        return 1.0  # nothing can go
+
+    kept, removed = greedy_cleanup(list(range(100)), loss_without, target=0.1, max_trials=7)
+    assert len(calls) == 7 and kept == list(range(100)) and removed == []

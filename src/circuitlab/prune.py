@@ -64,6 +64,7 @@ class PruneConfig:
     scan_ratio: float = 2.0  # growth of the search's geometric scan over k
     cleanup: bool = True  # greedy removal of the nodes the search kept but the circuit can do without
     edge_cleanup: bool = True  # then the same for single weights (edges) between kept nodes
+    cleanup_trials: int = 200  # most loss evaluations each cleanup may spend (dense circuits have thousands)
     seed: int = 0
     skip_unsolved: bool = True  # when the full model misses the target, keep every node without training masks
 
@@ -80,6 +81,7 @@ class PruneConfig:
                 **dict.fromkeys(("beta2", "penalty_warmup_frac"), fraction),
                 "selection_margin": settings.between(0, 1),
                 "scan_ratio": settings.above(1),
+                "cleanup_trials": settings.at_least(0),
             },
         )
 
@@ -443,7 +445,7 @@ def search_units(masks: NodeMasks, selection: MaskedEvaluator, cfg: PruneConfig)
         def loss_without(gone: frozenset[int]) -> float:
             return selection.fit(masks.node_masks(torch.tensor([u for u in units if u not in gone])))[0]
 
-        kept, removed = greedy_cleanup(units[::-1], loss_without, cfg.search_target)  # least needed first
+        kept, removed = greedy_cleanup(units[::-1], loss_without, cfg.search_target, cfg.cleanup_trials)  # least first
         units = kept[::-1]
         found["removed_by_cleanup"] = len(removed)
     return units, found
@@ -466,7 +468,7 @@ def cleanup_edges(
         with edges_ablated(model, [links[i] for i in sorted(gone)], means):
             return selection.fit(node_masks)[0]
 
-    _, removed = greedy_cleanup(list(range(len(links))), loss_without, cfg.search_target)
+    _, removed = greedy_cleanup(list(range(len(links))), loss_without, cfg.search_target, cfg.cleanup_trials)
     return [links[i] for i in removed]
 
 

@@ -361,4 +361,3 @@ def with_random_labels(task: Task, seed: int = 0) -> Task:
         return (second, first) if flip else (first, second)
 
     return Task(f"{task.name}_random_labels", f"{task.description} (labels randomised)", task.candidates, sampler)
-

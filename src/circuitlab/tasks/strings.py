@@ -67,7 +67,7 @@ def _quote_in_list(rng: random.Random) -> tuple[Instance, Instance]:
 @define_task(
     "fstring_brace",
     (" {", '")\n'),
-    "After a word in a printed f-string comes a placeholder ` {` for a variable; in a plain string, the end `\")`. "
+    'After a word in a printed f-string comes a placeholder ` {` for a variable; in a plain string, the end `")`. '
     "Our tokenizer merges `{` into the punctuation before the name (and `{}` into a plain string's closing "
     "quote), so the paper's question, whether a variable name is inserted, is asked one token earlier.",
 )
