@@ -23,7 +23,7 @@ def test_circuits_are_saved_and_kept_on_rerun(checkpoint, tmp_path, capsys):
     out = tmp_path / "circuits"
     main(["--model", str(checkpoint), "--out", str(out), "--tasks", "if_equals", "--threads", "1", "--set", *SMALL])
     saved = Circuit.load(out / "if_equals")
-    assert saved.task_name == "if_equals" and saved.config["steps"] == 2
+    assert saved.task_name == "if_equals" and saved.config["steps"] == 2 and saved.search["seconds"] > 0
     main(["--model", str(checkpoint), "--out", str(out), "--tasks", "if_equals", "--set", *SMALL])
     assert "if_equals: exists, skipped" in capsys.readouterr().out
 

@@ -59,9 +59,9 @@ def save_circuits(model, names, out: Path, overwrite: bool, overrides: dict, pre
             continue
         start = time.perf_counter()
         circuit = prune(model, tasks.get(name), pretraining_tokens=pretraining_tokens, progress=False, **overrides)
-        circuit.config["seconds"] = round(time.perf_counter() - start, 1)
+        circuit.search["seconds"] = round(time.perf_counter() - start, 1)
         circuit.save(out / name, overwrite=overwrite)
-        print(json.dumps({**circuit.summary(), "seconds": circuit.config["seconds"]}), flush=True)
+        print(json.dumps({**circuit.summary(), **circuit.search}), flush=True)
 
 
 def append_size_table(model, label: str, names, targets, table: Path, overrides: dict, pretraining_tokens) -> None:

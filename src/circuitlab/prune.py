@@ -112,6 +112,12 @@ class PrunePairs:
         return cls(train, selection, test)
 
 
+def report_pairs(circuit: Circuit, task: Task, tokenizer, n_ctx: int | None = None) -> TaskBatch:
+    """The held-out test pairs `circuit`'s losses were reported on: pairs that chose nothing in its pruning."""
+    cfg = settings.build(PruneConfig, circuit.config, source=f"the {circuit.task_name} circuit's config")
+    return PrunePairs.from_task(task, tokenizer, cfg, n_ctx).test
+
+
 class HeavisideSigmoidGrad(torch.autograd.Function):
     """Heaviside step forward (score > 0 keeps the node); backward, the derivative of sigmoid(score / temp)."""
 
