@@ -1,4 +1,4 @@
-"""Figures the chapters share: circuit drawings and training curves."""
+"""Figures the chapters share: circuit drawings, training and pruning curves, circuit-size comparisons."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 import networkx as nx
+import numpy as np
 
 from circuitlab.circuit import Circuit, Node, sublayer_order
 from circuitlab.paths import FIGURES_DIR
@@ -104,3 +105,59 @@ def save_figure(fig: plt.Figure, name: str, directory: str | Path | None = None)
     path = directory / f"{name}.png"
     fig.savefig(path, dpi=150, bbox_inches="tight")
     return path
+
+
+def plot_pruning_history(history: list[dict], axes: tuple[plt.Axes, plt.Axes] | None = None) -> plt.Figure:
+    """Mask training: the task loss on each step's fresh pairs, and the nodes kept (score > 0)."""
+    if axes is None:
+        _, axes = plt.subplots(1, 2, figsize=(10, 3))
+    steps = [row["step"] for row in history]
+    axes[0].plot(steps, [row["task_loss"] for row in history], lw=0.8)
+    axes[0].set(title="task loss while pruning (training pairs)", xlabel="step", yscale="log")
+    axes[1].plot(steps, [row["n_kept"] for row in history])
+    axes[1].set(title="nodes kept (score > 0)", xlabel="step", yscale="log")
+    return axes[0].figure
+
+
+def plot_loss_vs_nodes(
+    ks: list[int], losses: list[float], target: float, marks: dict[str, int], title: str, ax: plt.Axes | None = None
+) -> plt.Axes:
+    """Held-out loss keeping the top-k nodes, with the target and labelled vertical marks (e.g. the search's k)."""
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(ks, losses, "o-", ms=3)
+    ax.axhline(target, ls="--", color="grey", label=f"target {target}")
+    for (label, k), color in zip(marks.items(), ("red", "green", "purple"), strict=False):
+        ax.axvline(k, ls=":", color=color, label=f"{label}: {k}")
+    ax.set(xscale="symlog", xlabel="nodes kept (top by score)", ylabel="held-out task loss", title=title)
+    ax.legend(fontsize=8)
+    return ax
+
+
+def plot_size_comparison(table, ratio: float, target: float, ax: plt.Axes | None = None) -> plt.Axes:
+    """Edges of each task's circuit in the sparse (x) and dense (y) model, for the tasks both solve."""
+    if ax is None:
+        _, ax = plt.subplots(figsize=(5, 5))
+    solved = table[table.solved]
+    ax.scatter(solved.sparse_edges.clip(lower=1), solved.dense_edges.clip(lower=1))
+    for row in solved.itertuples():
+        ax.annotate(row.task, (max(row.sparse_edges, 1), max(row.dense_edges, 1)), fontsize=7)
+    limit = [1, max(solved.dense_edges.max(), solved.sparse_edges.max(), 10) * 2] if len(solved) else [1, 10]
+    ax.plot(limit, limit, "k--", lw=0.8, label="equal size")
+    ax.set(xscale="log", yscale="log", xlabel="sparse model: circuit edges", ylabel="dense model: circuit edges")
+    ax.set_title(f"circuit size at task loss {target} (dense / sparse: {ratio:.1f}x)")
+    ax.legend()
+    return ax
+
+
+def plot_size_vs_target(table, ax: plt.Axes | None = None) -> plt.Axes:
+    """The paper's Figure 2: geometric-mean circuit edges against target loss, one line per model (rows of
+    `make_circuits --targets`: model, task, target_loss, edges, task_loss, full_model_loss)."""
+    if ax is None:
+        _, ax = plt.subplots(figsize=(5.5, 4))
+    for model, rows in table.groupby("model"):
+        means = rows.groupby("target_loss").edges.apply(lambda e: float(np.exp(np.log(e.clip(lower=1)).mean())))
+        ax.plot(means.values, means.index, "o-", label=f"{model} model")
+    ax.set(xscale="log", yscale="log", xlabel="circuit edges (geometric mean over tasks)", ylabel="target task loss")
+    ax.legend()
+    return ax
