@@ -24,6 +24,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("build", "plotting", "explorer"),  # build: the snapshot, tokenizer and token stream files
     ("corpus",),  # reading the token streams
     ("prune", "train", "evaluate", "handbook"),
+    ("search",),  # runs prune in worker processes
     ("circuitlab",),  # the package's own __init__
 )
 """A module may import only from a layer below its own."""

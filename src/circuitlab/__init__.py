@@ -2,8 +2,8 @@
 
 The boxes of the pipeline, one module each: `snapshot`, `tokenizer`, `tasks`, `synthetic`, `build`, `corpus` (data);
 `model`, `abstopk`, `fused`, `config`, `checkpoint`, `compat` (the SparseTransformer); `sparsity`, `train`
-(weight-sparse training); `prune`, `circuit`, `plotting` (circuits); `settings` (reading configs, overrides
-and parameters).
+(weight-sparse training); `prune`, `circuit`, `plotting`, `search` (circuits, and a per-task search of the pruner's
+settings); `settings` (reading configs, overrides and parameters).
 """
 
 from circuitlab.circuit import Circuit
