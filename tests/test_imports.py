@@ -24,7 +24,8 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("build", "plotting", "explorer"),  # build: the snapshot, tokenizer and token stream files
     ("corpus",),  # reading the token streams
     ("prune", "train", "evaluate", "handbook"),
-    ("make_circuits",),  # command lines over the library
+    ("search",),  # runs prune in worker processes
+    ("make_circuits",),  # the command that makes data/circuits/
     ("circuitlab",),  # the package's own __init__
 )
 """A module may import only from a layer below its own."""

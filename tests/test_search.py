@@ -1,0 +1,168 @@
+"""The hyper-parameter search: its search space and choice on their own, then real searches on a tiny model
+(worker processes, the wall-time budget, the trial table, the returned circuit, repeatability)."""
+
+import json
+import os
+
+import optuna
+import pandas as pd
+import pytest
+import torch
+
+from circuitlab import SparseTransformer
+from circuitlab.circuit import Circuit
+from circuitlab.config import SparseTransformerConfig
+from circuitlab.prune import PruneConfig
+from circuitlab.search import (
+    RESULT_COLUMNS,
+    SPACE,
+    STUDY_NAME,
+    TRIAL_COLUMNS,
+    Dimension,
+    choose,
+    journal,
+    main,
+    search,
+    searched,
+)
+
+TINY = SparseTransformerConfig(n_layers=2, d_model=32, n_heads=2, d_vocab=1024, n_ctx=64, seed=3)
+SMALL = PruneConfig(  # trials of about a second
+    steps=6,
+    pairs_per_step=4,
+    selection_pairs=16,
+    test_pairs=16,
+    skip_unsolved=False,
+    target_loss=0.57,
+    selection_margin=0,
+)
+FIELDS = [dimension.field for dimension in SPACE]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> str:
+    return str(SparseTransformer(TINY).save_pretrained(tmp_path_factory.mktemp("tiny") / "model"))
+
+
+@pytest.fixture(scope="module")
+def text() -> torch.Tensor:
+    return torch.randint(0, TINY.d_vocab, (4, TINY.n_ctx), generator=torch.Generator().manual_seed(0))
+
+
+def test_dimensions_span_a_decade_around_the_base_within_their_caps():
+    base = PruneConfig(penalty=3e-3, init_mean=0.5, beta2=0.95, weight_decay=0.0)
+    assert Dimension("penalty").bounds(base) == pytest.approx((3e-4, 3e-2))
+    assert Dimension("init_mean", cap=1.0).bounds(base) == pytest.approx((0.05, 1.0))
+    beta2 = Dimension("beta2", cap=0.5, complement=True)
+    assert beta2.param == "inv_beta2"
+    assert beta2.bounds(base) == pytest.approx((0.005, 0.5))
+    assert beta2.config_value(beta2.centre(base)) == pytest.approx(0.95)
+    assert [d.field for d in searched(SPACE, base)] == [f for f in FIELDS if f != "weight_decay"]  # 0: fixed
+
+
+def test_choose_takes_the_fewest_edges_among_feasible_trials_only():
+    table = pd.DataFrame(
+        {
+            "trial": [0, 1, 2, 3, 4],
+            "edges": [3, 10, 10, 12, 0],
+            "selection_loss": [0.2, 0.10, 0.05, 0.01, 0.7],
+            "feasible": [False, True, True, True, False],
+        }
+    )
+    assert choose(table) == 2  # 0 and 4 have fewer edges but miss the target; 2 ties 1 with a lower loss
+    assert choose(table.assign(feasible=False)) == 3  # nothing feasible: the lowest selection loss
+
+
+@pytest.mark.slow
+def test_two_workers_search_in_parallel_within_the_budget(checkpoint, text, tmp_path):
+    budget = 30
+    result = search(
+        checkpoint, "if_equals", budget, workers=2, base=SMALL, pretraining_tokens=text, run_dir=tmp_path / "run"
+    )
+    table = result.trials
+    assert list(table.columns) == [*TRIAL_COLUMNS, *FIELDS, *RESULT_COLUMNS]
+    finished = optuna.load_study(study_name=STUDY_NAME, storage=journal(tmp_path / "run")).get_trials(
+        states=(optuna.trial.TrialState.COMPLETE,)
+    )
+    assert table.trial.tolist() == sorted(t.number for t in finished)
+
+    # two processes other than this one, each running trials while the other does
+    pids = set(table.worker)
+    assert len(pids) == 2 and os.getpid() not in pids
+    first, second = (table[table.worker == pid] for pid in pids)
+    assert any(
+        a.started_s < b.finished_s and b.started_s < a.finished_s
+        for a in first.itertuples()
+        for b in second.itertuples()
+    )
+
+    # the budget: used, and not overrun by more than a trial (plus polling and loading the best circuit)
+    longest = table.seconds.max()
+    assert result.seconds <= budget + longest + 2
+    assert table.finished_s.max() >= budget - 2 * longest
+
+    base = table[table.trial == 0].iloc[0]
+    assert [base[f] for f in FIELDS] == pytest.approx([getattr(SMALL, f) for f in FIELDS])
+    assert (table.feasible == (table.selection_loss <= SMALL.search_target)).all()
+    best = result.best
+    assert table.chosen.sum() == 1 and best.trial == choose(table)
+    circuit = result.circuit
+    assert (circuit.n_nodes, circuit.n_edges) == (best.nodes, best.edges)
+    assert (circuit.selection_loss, circuit.task_loss) == pytest.approx((best.selection_loss, best.test_loss))
+    assert [circuit.config[f] for f in FIELDS] == pytest.approx([best[f] for f in FIELDS])
+
+    saved = result.save(tmp_path / "out")
+    pd.testing.assert_frame_equal(pd.read_csv(saved / "trials.csv"), table, check_dtype=False)
+    assert Circuit.load(saved).n_edges == best.edges
+
+
+@pytest.mark.slow
+def test_one_worker_and_the_same_seed_repeat_the_same_trials(checkpoint, text):
+    runs = [
+        search(model, "if_equals", 120, workers=1, base=SMALL, seed=5, max_trials=3, pretraining_tokens=text)
+        for model in (checkpoint, SparseTransformer.from_pretrained(checkpoint))  # a folder, then a model
+    ]
+    compared = [*FIELDS, "nodes", "edges", "selection_loss", "test_loss", "feasible", "chosen"]
+    first, second = (run.trials for run in runs)
+    assert len(first) == 3 and first.worker.nunique() == 1
+    pd.testing.assert_frame_equal(first[compared], second[compared])
+    assert runs[0].circuit.nodes == runs[1].circuit.nodes
+
+
+@pytest.mark.slow
+def test_command_line_stops_at_once_when_the_model_cannot_do_the_task(checkpoint, tmp_path, capsys):
+    settings = ["steps=2", "selection_pairs=8", "test_pairs=8", "ablation=zero"]  # default target: unreachable
+    main(
+        [
+            "--model",
+            checkpoint,
+            "--tasks",
+            "if_equals",
+            "--budget",
+            "120",
+            "--workers",
+            "1",
+            "--out",
+            str(tmp_path),
+            "--set",
+            *settings,
+        ]
+    )
+    summary = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert summary["trials"] == 1 and summary["seconds"] < 60  # skipped by prune: every setting is the same
+    assert not summary["best_feasible"]
+    table = pd.read_csv(tmp_path / "if_equals" / "trials.csv")
+    circuit = Circuit.load(tmp_path / "if_equals")
+    assert len(table) == 1 and circuit.n_nodes == table.nodes[0]
+
+
+def test_command_line_refuses_bad_settings_before_searching(checkpoint, tmp_path, capsys):
+    for argv, message in [
+        (["--set", "steps=0"], "steps=0"),
+        (["--tasks", "no_such_task"], "no task named 'no_such_task'"),
+        (["--budget", "0"], "must be positive"),
+    ]:
+        with pytest.raises(SystemExit):
+            main(["--model", checkpoint, "--out", str(tmp_path), *argv])
+        assert message in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
