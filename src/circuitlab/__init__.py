@@ -1,9 +1,10 @@
 """circuitlab: weight-sparse transformers with interpretable circuits (Gao et al. 2025), on a CPU.
 
-The boxes of the pipeline, one module each: `snapshot`, `tokenizer`, `tasks`, `synthetic`, `build`, `corpus` (data);
-`model`, `abstopk`, `fused`, `config`, `checkpoint`, `compat` (the SparseTransformer); `sparsity`, `train`
-(weight-sparse training); `prune`, `discretize`, `circuit`, `plotting`, `search`, `make_circuits` (circuits, a per-task search
-of the pruner's settings, and the command that makes `data/circuits/`); `settings` (reading configs, overrides and parameters).
+The boxes of the pipeline, one module each: `snapshot`, `tokenizer`, `tasks`, `synthetic`, `build`, `corpus`
+(data); `model`, `abstopk`, `fused`, `config`, `checkpoint`, `compat` (the SparseTransformer); `sparsity`,
+`train` (weight-sparse training); `prune`, `discretize`, `circuit`, `plotting`, `search`, `make_circuits`
+(circuits, a per-task search of the pruner's settings, and the command that makes `data/circuits/`);
+`settings` (reading configs, overrides and parameters).
 """
 
 from circuitlab.circuit import Circuit
