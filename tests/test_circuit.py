@@ -210,3 +210,20 @@ def test_removed_edges_survive_save_load_and_the_standalone_model(model, batch, 
     assert loaded.loss(model, batch) == pytest.approx(circuit.loss(model, batch), abs=1e-6)
     standalone = circuit.to_model(model)
     assert task_loss(standalone(batch.tokens), batch).item() == pytest.approx(circuit.loss(model, batch), abs=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (lambda d: (d / "circuit.json").write_text("{not json"), r"circuit\.json is not valid JSON"),
+        (lambda d: (d / "circuit.json").write_text("[1, 2]"), r"circuit\.json is not a circuit file"),
+        (lambda d: (d / "circuit.json").write_text('{"task_name": "x"}'), r"lacks \['ablated_model_loss'"),
+        (lambda d: (d / "circuit.safetensors").write_bytes(b"\x00" * 10), r"circuit\.safetensors cannot be read"),
+        (lambda d: (d / "circuit.safetensors").unlink(), r"circuit\.safetensors is missing"),
+    ],
+)
+def test_a_damaged_circuit_is_refused_naming_the_file(model, batch, tmp_path, damage, message):
+    directory = sparse_circuit(model, batch).save(tmp_path / "c")
+    damage(directory)
+    with pytest.raises((ValueError, FileNotFoundError), match=message):
+        Circuit.load(directory, model)
