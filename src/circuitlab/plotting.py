@@ -6,7 +6,6 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 import networkx as nx
-import numpy as np
 
 from circuitlab.circuit import Circuit, Node, sublayer_order
 from circuitlab.paths import FIGURES_DIR
@@ -146,18 +145,5 @@ def plot_size_comparison(table, ratio: float, target: float, ax: plt.Axes | None
     ax.plot(limit, limit, "k--", lw=0.8, label="equal size")
     ax.set(xscale="log", yscale="log", xlabel="sparse model: circuit edges", ylabel="dense model: circuit edges")
     ax.set_title(f"circuit size at task loss {target} (dense / sparse: {ratio:.1f}x)")
-    ax.legend()
-    return ax
-
-
-def plot_size_vs_target(table, ax: plt.Axes | None = None) -> plt.Axes:
-    """The paper's Figure 2: geometric-mean circuit edges against target loss, one line per model (rows of
-    `make_circuits --targets`: model, task, target_loss, edges, task_loss, full_model_loss)."""
-    if ax is None:
-        _, ax = plt.subplots(figsize=(5.5, 4))
-    for model, rows in table.groupby("model"):
-        means = rows.groupby("target_loss").edges.apply(lambda e: float(np.exp(np.log(e.clip(lower=1)).mean())))
-        ax.plot(means.values, means.index, "o-", label=f"{model} model")
-    ax.set(xscale="log", yscale="log", xlabel="circuit edges (geometric mean over tasks)", ylabel="target task loss")
     ax.legend()
     return ax
