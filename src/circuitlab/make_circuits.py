@@ -61,7 +61,7 @@ def save_circuits(model, names, out: Path, overwrite: bool, overrides: dict, pre
         circuit = prune(model, tasks.get(name), pretraining_tokens=pretraining_tokens, progress=False, **overrides)
         circuit.search["seconds"] = round(time.perf_counter() - start, 1)
         circuit.save(out / name, overwrite=overwrite)
-        print(json.dumps({**circuit.summary(), **circuit.search}), flush=True)
+        print(json.dumps({**circuit.summary(), "search": circuit.search}), flush=True)
 
 
 def append_size_table(model, label: str, names, targets, table: Path, overrides: dict, pretraining_tokens) -> None:
