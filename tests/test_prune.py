@@ -202,3 +202,11 @@ def test_cleanup_stops_after_its_trial_budget():
 
     kept, removed = greedy_cleanup(list(range(100)), loss_without, target=0.1, max_trials=7)
     assert len(calls) == 7 and kept == list(range(100)) and removed == []
+
+
+def test_a_target_the_ablated_model_meets_gives_an_empty_circuit(tiny):
+    # A target every loss meets: the search keeps nothing, and the stages after it must cope (the dense model
+    # does else_elif from its bigram table alone).
+    small = dict(steps=2, pairs_per_step=2, selection_pairs=4, test_pairs=4, skip_unsolved=False)
+    circuit = prune(tiny, tasks.get("else_elif"), ablation="zero", target_loss=5.0, progress=False, **small)
+    assert circuit.n_nodes == 0 and circuit.n_edges == 0 and circuit.search["units"] == 0

@@ -405,7 +405,7 @@ def prune_targets(
             if full_model_loss <= target or not cfg.skip_unsolved:
                 units, found = search_units(masks, selection, target_cfg)
                 if cfg.edge_cleanup and len(units) < masks.n_units:
-                    kept = masks.node_masks(torch.tensor(units))
+                    kept = masks.node_masks(torch.tensor(units, dtype=torch.long))
                     removed_edges = cleanup_edges(model, kept, means, selection, target_cfg)
                     found["removed_edges"] = len(removed_edges)
             node_masks = masks.node_masks(torch.tensor(units, dtype=torch.long))
@@ -449,7 +449,8 @@ def search_units(masks: NodeMasks, selection: MaskedEvaluator, cfg: PruneConfig)
     if cfg.cleanup and k < masks.n_units:
 
         def loss_without(gone: frozenset[int]) -> float:
-            return selection.fit(masks.node_masks(torch.tensor([u for u in units if u not in gone])))[0]
+            left = torch.tensor([u for u in units if u not in gone], dtype=torch.long)
+            return selection.fit(masks.node_masks(left))[0]
 
         kept, removed = greedy_cleanup(units[::-1], loss_without, cfg.search_target, cfg.cleanup_trials)  # least first
         units = kept[::-1]
