@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
+import pandas as pd
 import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
@@ -283,6 +284,23 @@ def mean_over_ranks(value: torch.Tensor, world_size: int) -> float:
 # -------------------------------------------------------------------------------------------------- train
 
 
+def schedule(step: int, model_cfg: SparseTransformerConfig, cfg: TrainConfig) -> tuple[float, float, float]:
+    """The recipe at `step` (counted from 0): L0 of the hidden matrices, L0 of the embeddings, learning rate."""
+    l0 = l0_schedule(step, cfg.steps, model_cfg.weight_l0, cfg.l0_start_frac, cfg.l0_end_frac)
+    l0_embed = l0_schedule(step, cfg.steps, model_cfg.embed_l0, cfg.l0_start_frac, cfg.l0_end_frac)
+    return l0, l0_embed, lr_schedule(step, cfg.steps, cfg.lr, cfg.warmup_frac, l0, model_cfg.weight_l0)
+
+
+def schedule_table(model_cfg: SparseTransformerConfig, cfg: TrainConfig) -> pd.DataFrame:
+    """`schedule` at every step of a run, as `train` follows it: columns step (from 1, as in metrics.csv), l0,
+    l0_embed and lr."""
+    table = pd.DataFrame(
+        [schedule(step, model_cfg, cfg) for step in range(cfg.steps)], columns=["l0", "l0_embed", "lr"]
+    )
+    table.insert(0, "step", range(1, cfg.steps + 1))
+    return table
+
+
 def decayed_parameters(model: SparseTransformer) -> list[torch.Tensor]:
     """The matrices weight decay applies to (not the bigram table, biases, norms or sinks)."""
     return [p for name, p in model.named_parameters() if p.ndim >= 2 and not name.endswith(NO_DECAY_SUFFIXES)]
@@ -410,9 +428,7 @@ def train(model_cfg: SparseTransformerConfig, cfg: TrainConfig, progress: bool =
     model.train()
     for step in bar:
         started = time.perf_counter()
-        l0 = l0_schedule(step, cfg.steps, model_cfg.weight_l0, cfg.l0_start_frac, cfg.l0_end_frac)
-        l0_embed = l0_schedule(step, cfg.steps, model_cfg.embed_l0, cfg.l0_start_frac, cfg.l0_end_frac)
-        lr = lr_schedule(step, cfg.steps, cfg.lr, cfg.warmup_frac, l0, model_cfg.weight_l0)
+        l0, l0_embed, lr = schedule(step, model_cfg, cfg)
         tokens = train_sampler.batch(step, cfg.batch_size)[rank * local_batch : (rank + 1) * local_batch]
         try:
             loss, nonzero = training_step(
