@@ -1,6 +1,9 @@
 # circuitlab: the two commands of the README, and a few helpers.
 #   make handbook   run every notebook with papermill on the shipped models (executed copies in build/)
 #   make test       run the whole test suite, including every notebook with smoke=True
+#   make test-fast  the tests not marked slow (skips the notebooks and the longest runs)
+#   make lint       ruff's lint rules and its formatter, as checks (nothing is rewritten)
+#   make typecheck  mypy over src/ (configured in pyproject.toml)
 
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -15,7 +18,7 @@ export HF_DATASETS_OFFLINE := 1
 export WANDB_MODE := disabled
 export MPLBACKEND := Agg
 
-.PHONY: handbook test lint venv clean
+.PHONY: handbook test test-fast lint typecheck venv clean
 
 venv: $(STAMP)
 
@@ -32,8 +35,17 @@ handbook: $(STAMP)
 test: $(STAMP)
 	$(BIN)/pytest
 
+test-fast: $(STAMP)
+	$(BIN)/pytest -m "not slow"
+
+LINTED := src tests benchmarks notebooks
+
 lint: $(STAMP)
-	$(BIN)/ruff check src tests benchmarks notebooks
+	$(BIN)/ruff check $(LINTED)
+	$(BIN)/ruff format --check $(LINTED)
+
+typecheck: $(STAMP)
+	$(BIN)/mypy src
 
 clean:
 	rm -rf build

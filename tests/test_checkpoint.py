@@ -6,6 +6,7 @@ import functools
 import json
 import os
 import shutil
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -25,17 +26,9 @@ from circuitlab.config import SparseTransformerConfig
 from circuitlab.model import SparseTransformer
 from circuitlab.paths import CHECKPOINTS_DIR
 
-TINY = SparseTransformerConfig(n_layers=1, d_model=32, n_heads=2, d_vocab=40, n_ctx=16, seed=1)
 
-
-def tiny_model(**changes) -> SparseTransformer:
-    vocab = {f"t{i}": i for i in range(TINY.d_vocab)}
-    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="t0"))
-    return SparseTransformer(dataclasses.replace(TINY, **changes), tokenizer=tokenizer)
-
-
-def test_round_trip_gives_identical_outputs(tmp_path):
-    model = tiny_model()
+def test_round_trip_gives_identical_outputs(tmp_path, tiny_model):
+    model = tiny_model
     with torch.no_grad():
         model.blocks[0].mlp.W_in[:5] = 0  # pruned weights survive as exact zeros
     model.save_pretrained(tmp_path / "ckpt")
@@ -45,7 +38,7 @@ def test_round_trip_gives_identical_outputs(tmp_path):
         "tokenizer.json",
     ]
     loaded = SparseTransformer.from_pretrained(tmp_path / "ckpt")
-    tokens = torch.randint(0, TINY.d_vocab, (2, 10))
+    tokens = torch.randint(0, model.cfg.d_vocab, (2, 10))
     torch.testing.assert_close(loaded(tokens), model(tokens), rtol=0, atol=0)
     assert loaded.cfg == model.cfg
     for name, mask in model.weight_masks().items():
@@ -53,8 +46,8 @@ def test_round_trip_gives_identical_outputs(tmp_path):
     assert loaded.tokenizer.to_str() == model.tokenizer.to_str()
 
 
-def test_saving_never_overwrites_silently(tmp_path):
-    model = tiny_model()
+def test_saving_never_overwrites_silently(tmp_path, tiny_model):
+    model = tiny_model
     model.save_pretrained(tmp_path)
     with pytest.raises(FileExistsError, match="overwrite=True"):
         model.save_pretrained(tmp_path)
@@ -66,8 +59,8 @@ def test_missing_folder_or_file(tmp_path):
         SparseTransformer.from_pretrained(tmp_path / "nowhere")
 
 
-def test_truncated_weights(tmp_path):
-    tiny_model().save_pretrained(tmp_path)
+def test_truncated_weights(tmp_path, tiny_model):
+    tiny_model.save_pretrained(tmp_path)
     weights = tmp_path / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:-100])
     with pytest.raises(ValueError, match="corrupt or truncated"):
@@ -90,8 +83,8 @@ def test_the_shipped_checkpoints_load_without_a_recorded_config():
         assert model.tokenizer.get_vocab_size() <= model.cfg.d_vocab
 
 
-def test_a_config_from_another_model_is_refused_by_name(tmp_path):
-    model = tiny_model(weight_l0=0.5)
+def test_a_config_from_another_model_is_refused_by_name(tmp_path, tiny_config):
+    model = SparseTransformer(dataclasses.replace(tiny_config, weight_l0=0.5))
     model.save_pretrained(tmp_path)
     dense = SparseTransformerConfig.dense_twin(model.cfg)  # same shapes: only the metadata can tell
     (tmp_path / "config.json").write_text(json.dumps(dense.to_dict()))
@@ -103,9 +96,9 @@ def test_a_config_from_another_model_is_refused_by_name(tmp_path):
         SparseTransformer.from_pretrained(tmp_path)
 
 
-def test_a_tokenizer_from_another_model_is_refused_by_name(tmp_path):
-    tiny_model().save_pretrained(tmp_path)
-    foreign = Tokenizer(models.WordLevel({f"w{i}": i for i in range(TINY.d_vocab)}, unk_token="w0"))
+def test_a_tokenizer_from_another_model_is_refused_by_name(tmp_path, tiny_model):
+    tiny_model.save_pretrained(tmp_path)
+    foreign = Tokenizer(models.WordLevel({f"w{i}": i for i in range(tiny_model.cfg.d_vocab)}, unk_token="w0"))
     (tmp_path / "tokenizer.json").write_text(foreign.to_str())
     with pytest.raises(CheckpointError, match=rf"{tmp_path}/tokenizer.json does not belong to .*model.safetensors"):
         SparseTransformer.from_pretrained(tmp_path)
@@ -117,8 +110,8 @@ def test_a_tokenizer_from_another_model_is_refused_by_name(tmp_path):
         SparseTransformer.from_pretrained(tmp_path)
 
 
-def test_weights_with_nan_are_refused(tmp_path):
-    model = tiny_model()
+def test_weights_with_nan_are_refused(tmp_path, tiny_model):
+    model = tiny_model
     with torch.no_grad():
         model.blocks[0].mlp.W_out[0, 0] = float("nan")
     model.save_pretrained(tmp_path)
@@ -126,13 +119,14 @@ def test_weights_with_nan_are_refused(tmp_path):
         SparseTransformer.from_pretrained(tmp_path)
 
 
-def test_config_that_does_not_match_the_weights(tmp_path):
-    tiny_model().save_pretrained(tmp_path)
+def test_config_that_does_not_match_the_weights(tmp_path, tiny_model):
+    tiny_model.save_pretrained(tmp_path)
     as_saved_before_configs_were_recorded(tmp_path)  # then the tensors' names and shapes are the check
     config = json.loads((tmp_path / "config.json").read_text())
     config["attn_sink"] = False  # a sink-trained model loaded without sinks would be silently wrong
     (tmp_path / "config.json").write_text(json.dumps(config))
-    with pytest.raises(ValueError, match=r"unexpected tensors \['blocks.0.attn.sink_logits'\]"):
+    sinks = r"\['blocks.0.attn.sink_logits', 'blocks.1.attn.sink_logits'\]"
+    with pytest.raises(ValueError, match=rf"unexpected tensors {sinks}"):
         SparseTransformer.from_pretrained(tmp_path)
     config["attn_sink"], config["d_mlp"] = True, 64
     (tmp_path / "config.json").write_text(json.dumps(config))
@@ -140,8 +134,8 @@ def test_config_that_does_not_match_the_weights(tmp_path):
         SparseTransformer.from_pretrained(tmp_path)
 
 
-def test_config_from_a_newer_format_or_corrupt_json(tmp_path):
-    tiny_model().save_pretrained(tmp_path)
+def test_config_from_a_newer_format_or_corrupt_json(tmp_path, tiny_model):
+    tiny_model.save_pretrained(tmp_path)
     config = json.loads((tmp_path / "config.json").read_text())
     (tmp_path / "config.json").write_text(json.dumps({**config, "format_version": 7}))
     with pytest.raises(ValueError, match="newer than this circuitlab"):
@@ -179,25 +173,34 @@ def test_a_crash_while_writing_leaves_the_old_file_whole(tmp_path, monkeypatch):
 # ------------------------------------------------------------------------------------------ training states
 
 
-@functools.cache
-def trained(step: int) -> tuple[SparseTransformer, torch.optim.Optimizer]:
-    """A tiny model and its Adam after `step` steps, with weights that tell the steps apart (read only)."""
-    model = tiny_model()
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    for _ in range(step):
-        model(torch.arange(8)[None], return_type="loss").backward()
-        optimizer.step()
-        optimizer.zero_grad()
-    return model, optimizer
+Trained = Callable[[int], tuple[SparseTransformer, torch.optim.Optimizer]]
 
 
-def assert_resumes_at(run, step: int) -> None:
+@pytest.fixture(scope="module")
+def trained(tiny_config) -> Trained:
+    """`trained(step)`: a tiny model and its Adam after `step` steps, with weights that tell the steps apart
+    (cached, so read only)."""
+
+    @functools.cache
+    def after(step: int) -> tuple[SparseTransformer, torch.optim.Optimizer]:
+        model = SparseTransformer(tiny_config)
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+        for _ in range(step):
+            model(torch.arange(8)[None], return_type="loss").backward()
+            optimizer.step()
+            optimizer.zero_grad()
+        return model, optimizer
+
+    return after
+
+
+def assert_resumes_at(run, step: int, trained: Trained) -> None:
     found = find_training_state(run)
     assert found is not None and found[1] == step
-    model = tiny_model()
+    expected, _ = trained(step)
+    model = SparseTransformer(expected.cfg)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     assert load_training_state(found[0], model, optimizer) == step
-    expected, _ = trained(step)
     for name, tensor in expected.state_dict().items():
         torch.testing.assert_close(model.state_dict()[name], tensor, rtol=0, atol=0, msg=name)
 
@@ -236,7 +239,7 @@ def kill_at(monkeypatch, point: int) -> list[str]:
     return steps
 
 
-def test_a_kill_at_any_point_of_a_save_keeps_a_complete_state(tmp_path, monkeypatch):
+def test_a_kill_at_any_point_of_a_save_keeps_a_complete_state(tmp_path, monkeypatch, trained):
     original = tmp_path / "original"
     save_training_state(original, *trained(5), step=5)
     point = 0
@@ -258,27 +261,27 @@ def test_a_kill_at_any_point_of_a_save_keeps_a_complete_state(tmp_path, monkeypa
         assert found is not None, f"no complete state after a kill at {steps[-1]}"
         manifest_written = f"replace {run}/checkpoints/step-0000010.tmp/.trainer_state.json.tmp" in steps[:-1]
         assert found[1] == (10 if manifest_written else 5), steps[-1]  # the newest complete one, wherever it is
-        assert_resumes_at(run, found[1])
+        assert_resumes_at(run, found[1], trained)
         save_training_state(run, *trained(15), step=15)  # a later save cleans up whatever the kill left
         assert [p.name for p in (run / "checkpoints").iterdir()] == ["step-0000015"]
-        assert_resumes_at(run, 15)
+        assert_resumes_at(run, 15, trained)
     assert point > 20 and steps[-1] == f"rmtree {run}/checkpoints/step-0000005"  # every step was a kill point
-    assert_resumes_at(run, 10)
+    assert_resumes_at(run, 10, trained)
 
 
-def test_a_state_left_by_the_earlier_trainer_is_found(tmp_path):
+def test_a_state_left_by_the_earlier_trainer_is_found(tmp_path, trained):
     """The earlier trainer deleted checkpoint/ before renaming checkpoint.tmp/: a kill between left only that."""
     save_training_state(tmp_path, *trained(5), step=5)
     (tmp_path / "checkpoints" / "step-0000005").rename(tmp_path / "checkpoint.tmp")
     (tmp_path / "checkpoints").rmdir()
     (tmp_path / "checkpoint.tmp" / "trainer_state.json").write_text('{"step": 5}\n')  # no hashes back then
     assert find_training_state(tmp_path) == (tmp_path / "checkpoint.tmp", 5)
-    assert_resumes_at(tmp_path, 5)
+    assert_resumes_at(tmp_path, 5, trained)
     (tmp_path / "checkpoint.tmp" / "optimizer.safetensors").unlink()
     assert find_training_state(tmp_path) is None
 
 
-def test_a_damaged_state_is_passed_over_for_an_older_complete_one(tmp_path):
+def test_a_damaged_state_is_passed_over_for_an_older_complete_one(tmp_path, trained):
     save_training_state(tmp_path, *trained(5), step=5)
     newer = tmp_path / "checkpoints" / "step-0000010.tmp"
     shutil.copytree(tmp_path / "checkpoints" / "step-0000005", newer)

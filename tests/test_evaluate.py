@@ -1,11 +1,13 @@
-"""The evaluation command: any number of pairs, and clear errors for bad options and folders."""
+"""The evaluation command: any number of pairs, and clear errors for bad options and folders; the weight report."""
 
 import pytest
+import torch
 
 from circuitlab import tasks
-from circuitlab.evaluate import main, task_scores
+from circuitlab.evaluate import main, nonzero_weights, task_scores, weight_report
 from circuitlab.model import SparseTransformer
 from circuitlab.paths import CHECKPOINTS_DIR
+from circuitlab.sparsity import project_topk_
 from circuitlab.tasks import task_accuracy
 
 
@@ -36,3 +38,20 @@ def test_bad_pairs_are_refused_before_any_model_loads(pairs, message, capsys):
 def test_a_folder_that_is_not_a_checkpoint_is_named(tmp_path):
     with pytest.raises(SystemExit, match=rf"circuitlab.evaluate: error: {tmp_path}/config.json is missing"):
         main([str(tmp_path), "--pairs", "5e1"])
+
+
+def test_weight_report_counts_what_the_projection_kept(tiny_model):
+    nonzero = project_topk_(tiny_model.weight_matrices(), l0_hidden=0.125, l0_embed=0.5, min_per_unit=4)
+    report = weight_report(tiny_model).set_index("matrix")
+    cfg = tiny_model.cfg
+    assert list(report.index) == list(tiny_model.weight_matrices())  # every matrix, nothing else
+    assert report["nonzero"].sum() == nonzero == nonzero_weights(tiny_model)
+    assert report.loc["blocks.1.mlp.W_in", "shape"] == (cfg.d_model, cfg.d_mlp)
+    assert report.loc["blocks.1.mlp.W_in", "size"] == cfg.d_model * cfg.d_mlp
+    assert report.loc["blocks.1.mlp.W_in", "kind"] == "W_in" and report.loc["embed.W_E", "kind"] == "W_E"
+    assert report.loc["embed.W_E", "kept"] == pytest.approx(0.5, abs=1e-3)
+    hidden = report.drop(index=["embed.W_E", "unembed.W_U"])
+    assert (hidden["kept"] >= 0.125).all() and (hidden["kept"] < 0.2).all()  # 1/8, plus each unit's four
+    with torch.no_grad():
+        tiny_model.blocks[0].attn.W_Q.zero_()
+    assert weight_report(tiny_model).set_index("matrix").loc["blocks.0.attn.W_Q", "kept"] == 0

@@ -8,25 +8,19 @@ import torch
 from transformer_lens import ActivationCache
 from transformer_lens.utilities import get_act_name
 
+from circuitlab import tasks
 from circuitlab.config import SparseTransformerConfig
 from circuitlab.model import NODE_LOCATIONS, SparseTransformer
 
-TINY = SparseTransformerConfig(n_layers=2, d_model=32, n_heads=2, d_head=16, d_vocab=50, n_ctx=24, seed=3)
-
 
 @pytest.fixture(scope="module")
-def model() -> SparseTransformer:
-    return SparseTransformer(TINY).eval()
+def tokens(tiny_config) -> torch.Tensor:
+    return torch.randint(0, tiny_config.d_vocab, (3, 16), generator=torch.Generator().manual_seed(0))
 
 
-@pytest.fixture(scope="module")
-def tokens() -> torch.Tensor:
-    return torch.randint(0, TINY.d_vocab, (3, 16), generator=torch.Generator().manual_seed(0))
-
-
-def test_parameter_names_and_shapes_follow_hooked_transformer(model):
-    cfg = model.cfg
-    params = dict(model.named_parameters())
+def test_parameter_names_and_shapes_follow_hooked_transformer(tiny_model):
+    cfg = tiny_model.cfg
+    params = dict(tiny_model.named_parameters())
     assert params["embed.W_E"].shape == (cfg.d_vocab, cfg.d_model)
     assert params["blocks.1.attn.W_Q"].shape == (cfg.n_heads, cfg.d_model, cfg.d_head)
     assert params["blocks.1.attn.W_O"].shape == (cfg.n_heads, cfg.d_head, cfg.d_model)
@@ -35,29 +29,29 @@ def test_parameter_names_and_shapes_follow_hooked_transformer(model):
     assert params["unembed.W_U"].shape == (cfg.d_model, cfg.d_vocab)
     assert params["blocks.0.attn.sink_logits"].shape == (cfg.n_heads,)
     assert params["bigram.W_bigram"].shape == (cfg.d_vocab, cfg.d_vocab)
-    assert model.W_Q.shape == (cfg.n_layers, cfg.n_heads, cfg.d_model, cfg.d_head)
-    assert model.W_out.shape == (cfg.n_layers, 4 * cfg.d_model, cfg.d_model)
-    assert model.W_E is model.embed.W_E and model.W_U is model.unembed.W_U
+    assert tiny_model.W_Q.shape == (cfg.n_layers, cfg.n_heads, cfg.d_model, cfg.d_head)
+    assert tiny_model.W_out.shape == (cfg.n_layers, 4 * cfg.d_model, cfg.d_model)
+    assert tiny_model.W_E is tiny_model.embed.W_E and tiny_model.W_U is tiny_model.unembed.W_U
 
 
-def test_init_follows_the_paper_and_is_seeded():
-    a, b = SparseTransformer(TINY), SparseTransformer(TINY)
+def test_init_follows_the_paper_and_is_seeded(tiny_config):
+    a, b = SparseTransformer(tiny_config), SparseTransformer(tiny_config)
     for (name, p), q in zip(a.named_parameters(), b.parameters(), strict=True):
         assert torch.equal(p, q), name
     assert a.blocks[0].attn.W_Q.std().item() == pytest.approx(0.02, rel=0.1)
-    assert a.blocks[0].mlp.W_out.std().item() == pytest.approx(0.02 / math.sqrt(2 * TINY.n_layers), rel=0.1)
+    assert a.blocks[0].mlp.W_out.std().item() == pytest.approx(0.02 / math.sqrt(2 * tiny_config.n_layers), rel=0.1)
     bigram = a.bigram.W_bigram
     assert bigram.min() >= 0 and bigram.max() < 0.02
     assert torch.all(a.blocks[1].attn.sink_logits == 0) and torch.all(a.blocks[1].attn.b_Q == 0)
-    other = SparseTransformer(dataclasses.replace(TINY, seed=4))
+    other = SparseTransformer(dataclasses.replace(tiny_config, seed=4))
     assert not torch.equal(a.embed.W_E, other.embed.W_E)
 
 
-def test_cache_has_tl_hook_names_with_batch_dimension(model, tokens):
-    logits, cache = model.run_with_cache(tokens)
+def test_cache_has_tl_hook_names_with_batch_dimension(tiny_config, tiny_model, tokens):
+    logits, cache = tiny_model.run_with_cache(tokens)
     assert isinstance(cache, ActivationCache)
-    assert logits.shape == (3, 16, TINY.d_vocab)
-    batch, pos, cfg = 3, 16, model.cfg
+    assert logits.shape == (3, 16, tiny_config.d_vocab)
+    batch, pos, cfg = 3, 16, tiny_model.cfg
     expected = {
         "hook_embed": (batch, pos, cfg.d_model),
         "blocks.0.hook_resid_pre": (batch, pos, cfg.d_model),
@@ -84,20 +78,20 @@ def test_cache_has_tl_hook_names_with_batch_dimension(model, tokens):
     assert torch.equal(cache["resid_post", -1], cache["blocks.1.hook_resid_post"])
 
 
-def test_attention_is_causal_and_sinks_take_weight(model, tokens):
-    _, cache = model.run_with_cache(tokens)
+def test_attention_is_causal_and_sinks_take_weight(tiny_config, tiny_model, tokens):
+    _, cache = tiny_model.run_with_cache(tokens)
     pattern = cache["pattern", 1]
     assert torch.all(pattern.triu(diagonal=1) == 0)
     row_sums = pattern.sum(-1)
     assert torch.all(row_sums < 1) and torch.all(row_sums > 0)  # the sink absorbs the rest
-    no_sink = SparseTransformer(dataclasses.replace(TINY, attn_sink=False))
+    no_sink = SparseTransformer(dataclasses.replace(tiny_config, attn_sink=False))
     _, cache = no_sink.run_with_cache(tokens)
-    torch.testing.assert_close(cache["pattern", 0].sum(-1), torch.ones(3, TINY.n_heads, 16))
+    torch.testing.assert_close(cache["pattern", 0].sum(-1), torch.ones(3, tiny_config.n_heads, 16))
 
 
-def test_every_node_location_is_abs_topk_sparse(model, tokens):
-    _, cache = model.run_with_cache(tokens)
-    for layer in range(TINY.n_layers):
+def test_every_node_location_is_abs_topk_sparse(tiny_config, tiny_model, tokens):
+    _, cache = tiny_model.run_with_cache(tokens)
+    for layer in range(tiny_config.n_layers):
         for location, template in NODE_LOCATIONS.items():
             act = cache[template.format(layer=layer)]
             if location in ("q", "k", "v"):
@@ -106,108 +100,110 @@ def test_every_node_location_is_abs_topk_sparse(model, tokens):
             assert torch.all(kept == math.ceil(0.25 * act.shape[-1])), f"{location} layer {layer}"
 
 
-def test_dense_config_has_no_activation_sparsity(tokens):
-    dense = SparseTransformer(SparseTransformerConfig.dense_twin(TINY))
+def test_dense_config_has_no_activation_sparsity(tiny_config, tokens):
+    dense = SparseTransformer(SparseTransformerConfig.dense_twin(tiny_config))
     _, cache = dense.run_with_cache(tokens)
     assert (cache["blocks.0.mlp.hook_post"] != 0).float().mean() > 0.9
 
 
-def test_start_and_stop_at_every_residual_site_reproduce_the_logits(model, tokens):
-    logits = model(tokens)
-    for site in model.residual_sites:
-        resid = model(tokens, stop_at=site)
-        assert resid.shape == (3, 16, TINY.d_model)
-        resumed = model(resid, start_at=site, tokens=tokens)
+def test_start_and_stop_at_every_residual_site_reproduce_the_logits(tiny_config, tiny_model, tokens):
+    logits = tiny_model(tokens)
+    for site in tiny_model.residual_sites:
+        resid = tiny_model(tokens, stop_at=site)
+        assert resid.shape == (3, 16, tiny_config.d_model)
+        resumed = tiny_model(resid, start_at=site, tokens=tokens)
         torch.testing.assert_close(resumed, logits, rtol=0, atol=1e-6)
-    _, cache = model.run_with_cache(tokens)
-    torch.testing.assert_close(model(tokens, stop_at="blocks.1.hook_resid_mid"), cache["resid_mid", 1])
-    torch.testing.assert_close(model(tokens, stop_at="blocks.1.hook_resid_pre"), cache["resid_pre", 1])
+    _, cache = tiny_model.run_with_cache(tokens)
+    torch.testing.assert_close(tiny_model(tokens, stop_at="blocks.1.hook_resid_mid"), cache["resid_mid", 1])
+    torch.testing.assert_close(tiny_model(tokens, stop_at="blocks.1.hook_resid_pre"), cache["resid_pre", 1])
 
 
-def test_bad_residual_site_and_missing_tokens_are_explained(model, tokens):
+def test_bad_residual_site_and_missing_tokens_are_explained(tiny_config, tiny_model, tokens):
     with pytest.raises(ValueError, match="not a residual site"):
-        model(tokens, stop_at="blocks.0.attn.hook_q")
-    resid = model(tokens, stop_at="blocks.0.hook_resid_mid")
+        tiny_model(tokens, stop_at="blocks.0.attn.hook_q")
+    resid = tiny_model(tokens, stop_at="blocks.0.hook_resid_mid")
     with pytest.raises(ValueError, match="bigram table"):
-        model(resid, start_at="blocks.0.hook_resid_mid")
-    with pytest.raises(IndexError, match=r"Token ids must lie in \[0, 50\)"):
-        model(resid, start_at="blocks.0.hook_resid_mid", tokens=tokens + TINY.d_vocab)
+        tiny_model(resid, start_at="blocks.0.hook_resid_mid")
+    with pytest.raises(TypeError, match="the input is the residual stream there, not 'x = 1'"):
+        tiny_model("x = 1", start_at="blocks.0.hook_resid_mid")
+    with pytest.raises(IndexError, match=rf"Token ids must lie in \[0, {tiny_config.d_vocab}\)"):
+        tiny_model(resid, start_at="blocks.0.hook_resid_mid", tokens=tokens + tiny_config.d_vocab)
 
 
-def test_token_ids_outside_the_vocabulary_are_named(model, tokens):
-    with pytest.raises(
-        IndexError, match=r"Token ids must lie in \[0, 50\) \(this model's d_vocab\); these run from \d+ to 50"
-    ):
-        model(torch.cat([tokens, torch.full((3, 1), TINY.d_vocab)], dim=1))
+def test_token_ids_outside_the_vocabulary_are_named(tiny_config, tiny_model, tokens):
+    vocab = tiny_config.d_vocab
+    message = rf"Token ids must lie in \[0, {vocab}\) \(this model's d_vocab\); these run from \d+ to {vocab}"
+    with pytest.raises(IndexError, match=message):
+        tiny_model(torch.cat([tokens, torch.full((3, 1), vocab)], dim=1))
     with pytest.raises(IndexError, match=r"these run from -1 to"):
-        model(torch.cat([torch.full((3, 1), -1), tokens], dim=1), return_type="loss")
+        tiny_model(torch.cat([torch.full((3, 1), -1), tokens], dim=1), return_type="loss")
 
 
-def test_prompt_longer_than_n_ctx_is_a_clear_error(model):
-    with pytest.raises(ValueError, match="n_ctx is 24"):
-        model(torch.zeros(1, 25, dtype=torch.long))
+def test_prompt_longer_than_n_ctx_is_a_clear_error(tiny_model):
+    with pytest.raises(ValueError, match=f"n_ctx is {tiny_model.cfg.n_ctx}"):
+        tiny_model(torch.zeros(1, tiny_model.cfg.n_ctx + 1, dtype=torch.long))
 
 
-def test_loss_matches_manual_cross_entropy(model, tokens):
-    logits, loss = model(tokens, return_type="both")
-    manual = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, TINY.d_vocab), tokens[:, 1:].reshape(-1))
+def test_loss_matches_manual_cross_entropy(tiny_model, tokens):
+    logits, loss = tiny_model(tokens, return_type="both")
+    manual = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), tokens[:, 1:].flatten())
     torch.testing.assert_close(loss, manual)
-    assert model(tokens, return_type="loss", loss_per_token=True).shape == (3, 15)
+    assert tiny_model(tokens, return_type="loss", loss_per_token=True).shape == (3, 15)
 
 
-def test_hooks_patch_and_ablate(model, tokens):
-    clean = model(tokens)
+def test_hooks_patch_and_ablate(tiny_model, tokens):
+    clean = tiny_model(tokens)
 
     def zero_head(z, hook):
         z[:, :, 0] = 0
         return z
 
-    ablated = model.run_with_hooks(tokens, fwd_hooks=[(get_act_name("z", 1), zero_head)])
+    ablated = tiny_model.run_with_hooks(tokens, fwd_hooks=[(get_act_name("z", 1), zero_head)])
     assert not torch.allclose(ablated, clean)
-    torch.testing.assert_close(model(tokens), clean)  # hooks are removed afterwards
+    torch.testing.assert_close(tiny_model(tokens), clean)  # hooks are removed afterwards
 
-    _, cache = model.run_with_cache(tokens)
+    _, cache = tiny_model.run_with_cache(tokens)
     other = tokens.flip(0)
 
     def patch_resid(resid, hook):
         return cache[hook.name]
 
-    patched = model.run_with_hooks(other, fwd_hooks=[("blocks.1.hook_resid_post", patch_resid)])
+    patched = tiny_model.run_with_hooks(other, fwd_hooks=[("blocks.1.hook_resid_post", patch_resid)])
     # After patching the final residual stream, only the bigram logits still see the other tokens.
-    torch.testing.assert_close(patched - model.bigram(other), clean - model.bigram(tokens), atol=1e-5, rtol=0)
+    torch.testing.assert_close(patched - tiny_model.bigram(other), clean - tiny_model.bigram(tokens), atol=1e-5, rtol=0)
 
-    with model.hooks(fwd_hooks=[("blocks.0.hook_mlp_out", lambda x, hook: torch.zeros_like(x))]):
-        assert not torch.allclose(model(tokens), clean)
+    with tiny_model.hooks(fwd_hooks=[("blocks.0.hook_mlp_out", lambda x, hook: torch.zeros_like(x))]):
+        assert not torch.allclose(tiny_model(tokens), clean)
 
 
-def test_cache_utilities_decompose_the_residual_stream(model, tokens):
-    _, cache = model.run_with_cache(tokens)
+def test_cache_utilities_decompose_the_residual_stream(tiny_config, tiny_model, tokens):
+    _, cache = tiny_model.run_with_cache(tokens)
     components, labels = cache.decompose_resid(return_labels=True)
     assert labels == ["embed", "0_attn_out", "0_mlp_out", "1_attn_out", "1_mlp_out"]
     torch.testing.assert_close(components.sum(0), cache["resid_post", 1], atol=1e-5, rtol=0)
     accumulated = cache.accumulated_resid()
-    assert accumulated.shape == (TINY.n_layers + 1, 3, 16, TINY.d_model)
+    assert accumulated.shape == (tiny_config.n_layers + 1, 3, 16, tiny_config.d_model)
     heads = cache.stack_head_results(layer=-1)
-    assert heads.shape == (TINY.n_layers * TINY.n_heads, 3, 16, TINY.d_model)
+    assert heads.shape == (tiny_config.n_layers * tiny_config.n_heads, 3, 16, tiny_config.d_model)
 
 
-def test_head_results_sum_to_attention_output_without_abs_topk(tokens):
-    dense = SparseTransformer(SparseTransformerConfig.dense_twin(TINY))
+def test_head_results_sum_to_attention_output_without_abs_topk(tiny_config, tokens):
+    dense = SparseTransformer(SparseTransformerConfig.dense_twin(tiny_config))
     _, cache = dense.run_with_cache(tokens)
     heads = cache.stack_head_results(layer=1)  # the heads of layer 0
     torch.testing.assert_close(heads.sum(0) + dense.blocks[0].attn.b_O, cache["attn_out", 0], atol=1e-6, rtol=0)
 
 
-def test_weight_matrices_and_masks(model):
-    matrices = model.weight_matrices()
-    assert len(matrices) == 2 + 6 * TINY.n_layers
+def test_weight_matrices_and_masks(tiny_config, tiny_model):
+    matrices = tiny_model.weight_matrices()
+    assert len(matrices) == 2 + 6 * tiny_config.n_layers
     for name, (param, axis) in matrices.items():
-        assert param.shape[axis] == TINY.d_model, name
-    masks = model.weight_masks()
+        assert param.shape[axis] == tiny_config.d_model, name
+    masks = tiny_model.weight_masks()
     assert all(mask.all() for mask in masks.values())  # a freshly initialised model is dense
 
 
-def test_config_rejects_bad_values_and_unknown_keys():
+def test_config_rejects_bad_values_and_unknown_keys(tiny_config):
     with pytest.raises(ValueError, match="afrac"):
         SparseTransformerConfig(afrac=1.5)
     with pytest.raises(ValueError, match="normalization_type"):
@@ -218,13 +214,13 @@ def test_config_rejects_bad_values_and_unknown_keys():
         SparseTransformerConfig.from_dict({"n_layer": 2})
     with pytest.raises(ValueError, match="newer than this circuitlab"):
         SparseTransformerConfig(format_version=99)
-    assert SparseTransformerConfig.from_dict(TINY.to_dict()) == TINY
+    assert SparseTransformerConfig.from_dict(tiny_config.to_dict()) == tiny_config
 
 
 @pytest.mark.parametrize("attn_sink", [True, False])
-def test_fused_attention_matches_the_explicit_pattern_in_values_and_gradients(tokens, attn_sink):
+def test_fused_attention_matches_the_explicit_pattern_in_values_and_gradients(tiny_config, tokens, attn_sink):
     """Unhooked, attention runs fused (SDPA); a hook on the pattern makes it materialise scores and pattern."""
-    model = SparseTransformer(dataclasses.replace(TINY, attn_sink=attn_sink))
+    model = SparseTransformer(dataclasses.replace(tiny_config, attn_sink=attn_sink))
     with torch.no_grad():
         for block in model.blocks:
             if attn_sink:
@@ -241,7 +237,7 @@ def test_fused_attention_matches_the_explicit_pattern_in_values_and_gradients(to
     record_shape = [(lambda name: name.endswith("hook_pattern"), lambda pattern, hook: seen.append(pattern.shape))]
     with model.hooks(fwd_hooks=record_shape):
         explicit_loss, explicit_grads = loss_and_grads()
-    assert seen == [(3, TINY.n_heads, 16, 16)] * TINY.n_layers
+    assert seen == [(3, tiny_config.n_heads, 16, 16)] * tiny_config.n_layers
     torch.testing.assert_close(fused_loss, explicit_loss, rtol=0, atol=1e-6)
     for name, grad in explicit_grads.items():
         torch.testing.assert_close(fused_grads[name], grad, rtol=1e-4, atol=1e-6, msg=name)
@@ -249,10 +245,10 @@ def test_fused_attention_matches_the_explicit_pattern_in_values_and_gradients(to
     torch.testing.assert_close(model(tokens), logits, rtol=0, atol=1e-5)
 
 
-def test_fused_bigram_logits_equal_the_hooked_lookup(tokens):
+def test_fused_bigram_logits_equal_the_hooked_lookup(tiny_config, tokens):
     """Unhooked, the bigram rows are added in one fused pass; a hook on hook_bigram makes the model look them up
     as a tensor first. Logits are bitwise equal, and so are the gradients up to summation order."""
-    model = SparseTransformer(TINY)
+    model = SparseTransformer(tiny_config)
 
     def logits_and_grads() -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         model.zero_grad()
@@ -264,8 +260,69 @@ def test_fused_bigram_logits_equal_the_hooked_lookup(tokens):
     seen = []
     with model.hooks(fwd_hooks=[("hook_bigram", lambda rows, hook: seen.append(rows.shape))]):
         explicit_logits, explicit_grads = logits_and_grads()
-    assert seen == [(3, 16, TINY.d_vocab)]
+    assert seen == [(3, 16, tiny_config.d_vocab)]
     assert torch.equal(fused_logits, explicit_logits)
     assert fused_grads["bigram.W_bigram"].count_nonzero() > 0
     for name, grad in explicit_grads.items():
         torch.testing.assert_close(fused_grads[name], grad, rtol=1e-5, atol=1e-7, msg=name)
+
+
+# ------------------------------------------------------------------------------ HookedTransformer-style helpers
+
+
+def greedy_reference(model: SparseTransformer, tokens: torch.Tensor, n_new: int) -> torch.Tensor:
+    """Greedy decoding spelled out: the argmax of a full forward pass over the last n_ctx tokens, n_new times."""
+    for _ in range(n_new):
+        next_token = model(tokens[:, -model.cfg.n_ctx :])[:, -1].argmax(-1, keepdim=True)
+        tokens = torch.cat([tokens, next_token], dim=1)
+    return tokens
+
+
+def test_generate_greedy_matches_a_forward_pass_per_token(tiny_model):
+    prompt = tiny_model.to_tokens("x = [[1, 2], [3")
+    expected = greedy_reference(tiny_model, prompt, 6)
+    generated = tiny_model.generate(prompt, max_new_tokens=6, stop_at_eos=False)
+    assert torch.equal(generated, expected)
+    text = tiny_model.generate("x = [[1, 2], [3", max_new_tokens=6, stop_at_eos=False)  # a string in, a string out
+    assert text == tiny_model.tokenizer.decode(expected[0, 1:].tolist(), skip_special_tokens=True)
+    assert text.startswith("x = [[1, 2], [3")
+    cfg = tiny_model.cfg
+    full = torch.randint(1, cfg.d_vocab, (2, cfg.n_ctx), generator=torch.Generator().manual_seed(1))  # fills n_ctx
+    assert torch.equal(tiny_model.generate(full, max_new_tokens=3), greedy_reference(tiny_model, full, 3))
+
+
+def test_generate_samples_reproducibly_and_stops_at_the_end_of_text_token(tiny_model):
+    prompt = tiny_model.to_tokens("for i in range(")
+    first, again = (tiny_model.generate(prompt, max_new_tokens=8, temperature=1.0, seed=7) for _ in range(2))
+    assert torch.equal(first, again)
+    others = [tiny_model.generate(prompt, max_new_tokens=8, temperature=1.0, seed=seed) for seed in range(8, 12)]
+    assert any(not torch.equal(first, other) for other in others)
+    cold = tiny_model.generate(prompt, max_new_tokens=8, temperature=1e-4, seed=7)  # sampling tends to greedy
+    assert torch.equal(cold, greedy_reference(tiny_model, prompt, 8))
+    with torch.no_grad():
+        tiny_model.unembed.b_U[0] = 100.0  # token 0, <|endoftext|>, now always wins
+    assert tiny_model.generate(prompt, max_new_tokens=8).shape == (1, prompt.shape[1] + 1)
+    assert tiny_model.generate(prompt, max_new_tokens=8, stop_at_eos=False).shape == (1, prompt.shape[1] + 8)
+
+
+def test_to_single_token_agrees_with_the_task_candidates_and_round_trips(tiny_model):
+    closers = tasks.get("bracket_counting").candidate_ids(tiny_model.tokenizer)
+    assert (tiny_model.to_single_token("]]\n"), tiny_model.to_single_token("]\n")) == closers
+    for text in ("]]\n", ".add", " +=", "')\n"):
+        assert tiny_model.to_string([tiny_model.to_single_token(text)]) == text
+    with pytest.raises(ValueError, match=r"'hello world' is 6 tokens \['h', 'el', 'lo', ' w', 'or', 'ld'\], not one"):
+        tiny_model.to_single_token("hello world")
+
+
+def test_token_residual_directions_are_the_unembedding_columns_that_give_the_logits(tiny_model):
+    tokens = tiny_model.to_tokens("while True:\n    x")
+    candidates = torch.tensor([5, 17, 300])
+    directions = tiny_model.tokens_to_residual_directions(candidates)
+    assert directions.shape == (3, tiny_model.cfg.d_model)
+    assert torch.equal(tiny_model.tokens_to_residual_directions(17), tiny_model.W_U[:, 17])
+    assert tiny_model.tokens_to_residual_directions(candidates.view(3, 1)).shape == (3, 1, tiny_model.cfg.d_model)
+    logits, cache = tiny_model.run_with_cache(tokens)
+    final = tiny_model.ln_final(cache["resid_post", -1])  # the residual stream as the unembedding reads it
+    through_directions = final @ directions.T + tiny_model.unembed.b_U[candidates]
+    without_bigram = (logits - tiny_model.bigram(tokens))[..., candidates]
+    torch.testing.assert_close(through_directions, without_bigram, atol=1e-5, rtol=0)

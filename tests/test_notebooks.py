@@ -92,6 +92,9 @@ def test_only_a_run_with_the_default_parameters_writes_the_committed_figures(tmp
         run_notebook(path, parameters, tmp_path / "out")
     beside = str(tmp_path / "out" / "figures")
     assert figures == [None, None, beside, beside, beside]  # `start` has no literal default: never the default
+    monkeypatch.chdir(tmp_path)  # a relative folder is where the command was run, not where the kernel runs
+    run_notebook(path, {"steps": 5}, Path("out"))
+    assert figures[-1] == beside
 
 
 def test_unknown_parameter_is_a_clear_error(tmp_path):

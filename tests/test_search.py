@@ -11,7 +11,6 @@ import torch
 
 from circuitlab import SparseTransformer
 from circuitlab.circuit import Circuit
-from circuitlab.config import SparseTransformerConfig
 from circuitlab.prune import PruneConfig
 from circuitlab.search import (
     RESULT_COLUMNS,
@@ -26,7 +25,6 @@ from circuitlab.search import (
     searched,
 )
 
-TINY = SparseTransformerConfig(n_layers=2, d_model=32, n_heads=2, d_vocab=1024, n_ctx=64, seed=3)
 SMALL = PruneConfig(  # trials of about a second
     steps=6,
     pairs_per_step=4,
@@ -40,13 +38,13 @@ FIELDS = [dimension.field for dimension in SPACE]
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> str:
-    return str(SparseTransformer(TINY).save_pretrained(tmp_path_factory.mktemp("tiny") / "model"))
+def checkpoint(tmp_path_factory, tiny_config) -> str:
+    return str(SparseTransformer(tiny_config).save_pretrained(tmp_path_factory.mktemp("tiny") / "model"))
 
 
 @pytest.fixture(scope="module")
-def text() -> torch.Tensor:
-    return torch.randint(0, TINY.d_vocab, (4, TINY.n_ctx), generator=torch.Generator().manual_seed(0))
+def text(tiny_config) -> torch.Tensor:
+    return torch.randint(0, tiny_config.d_vocab, (4, tiny_config.n_ctx), generator=torch.Generator().manual_seed(0))
 
 
 def test_dimensions_span_a_decade_around_the_base_within_their_caps():

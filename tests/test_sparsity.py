@@ -5,7 +5,6 @@ import math
 import pytest
 import torch
 
-from circuitlab import SparseTransformer, SparseTransformerConfig
 from circuitlab.sparsity import l0_schedule, lr_schedule, normalize_gradients_, project_topk_, topk_mask
 
 
@@ -57,13 +56,12 @@ def test_projection_zeroes_in_place_and_pruned_weights_can_regrow():
     assert param[0, 1] == -0.9 and param[1, 3] == 0
 
 
-def test_projecting_a_model_prunes_every_weight_matrix_and_nothing_else():
-    model = SparseTransformer(SparseTransformerConfig(n_layers=1, d_model=32, n_heads=2, d_vocab=64, n_ctx=8))
-    dense_before = {name: p.clone() for name, p in model.named_parameters()}
-    nonzero = project_topk_(model.weight_matrices(), l0_hidden=0.125, l0_embed=0.5, min_per_unit=4)
-    matrices = model.weight_matrices()
+def test_projecting_a_model_prunes_every_weight_matrix_and_nothing_else(tiny_model):
+    dense_before = {name: p.clone() for name, p in tiny_model.named_parameters()}
+    nonzero = project_topk_(tiny_model.weight_matrices(), l0_hidden=0.125, l0_embed=0.5, min_per_unit=4)
+    matrices = tiny_model.weight_matrices()
     assert nonzero == sum(int((p != 0).sum()) for p, _ in matrices.values())
-    for name, param in model.named_parameters():
+    for name, param in tiny_model.named_parameters():
         if name in matrices:
             expected = reference_mask(dense_before[name], 0.5 if "embed" in name else 0.125, matrices[name][1], 4)
             assert torch.equal(param != 0, expected), name

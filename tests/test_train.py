@@ -17,7 +17,7 @@ from circuitlab import SparseTransformer, checkpoint
 from circuitlab.checkpoint import find_training_state
 from circuitlab.corpus import TokenSampler
 from circuitlab.settings import SettingsError
-from circuitlab.train import RUN_MARKER, TrainConfig, load_config, main, train, write_metrics
+from circuitlab.train import RUN_MARKER, TrainConfig, load_config, main, schedule_table, train, write_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs" / "tiny.yaml"
@@ -35,6 +35,11 @@ def test_training_learns_and_sparsifies(tmp_path):
     evaluated = metrics.dropna(subset=["val_loss"])
     assert evaluated.val_loss.iloc[-1] < evaluated.val_loss.iloc[0] - 0.5
     assert list(metrics.step) == list(range(1, 25))
+    followed = schedule_table(model_cfg, cfg)  # what chapter 01 plots is the schedule the run logged
+    assert list(followed.step) == list(metrics.step)
+    assert list(metrics.l0) == pytest.approx(list(followed.l0), abs=1e-5)  # logged rounded to 5 decimals
+    assert list(metrics.lr) == pytest.approx(list(followed.lr), rel=1e-3)  # and to 4 significant digits
+    assert followed.l0.iloc[0] == 1 and followed.l0.iloc[-1] == model_cfg.weight_l0
     for name, (param, _) in model.weight_matrices().items():
         density = (param != 0).float().mean().item()
         limit = model_cfg.embed_l0 if name in ("embed.W_E", "unembed.W_U") else model_cfg.weight_l0

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from transformer_lens.config import TransformerBridgeConfig
 from transformer_lens.model_bridge import TransformerBridge
-from transformer_lens.model_bridge.sources import native  # noqa: F401  (registers TransformerBridge.boot_native)
+from transformer_lens.model_bridge.sources import native  # registers TransformerBridge.boot_native = native.boot
 from transformer_lens.utilities.tl_checkpoint_conversion import convert_tl_checkpoint
 
 from circuitlab.model import SparseTransformer
@@ -55,6 +55,6 @@ def to_transformer_lens(model: SparseTransformer) -> TransformerBridge:
     state = {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
     if cfg.positional_embedding_type == "none":
         state["pos_embed.W_pos"] = torch.zeros(cfg.n_ctx, cfg.d_model)
-    bridge = TransformerBridge.boot_native(tl_cfg)
+    bridge = native.boot(tl_cfg)
     bridge.load_state_dict(convert_tl_checkpoint(state, tl_cfg), strict=True)
     return bridge.eval()

@@ -86,10 +86,6 @@ class SparseTransformerConfig:
         """Every block has an MLP (TransformerLens' ActivationCache reads this field)."""
         return False
 
-    @property
-    def is_sparse(self) -> bool:
-        return self.afrac is not None or self.weight_l0 < 1 or self.embed_l0 < 1
-
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 

@@ -1,4 +1,5 @@
-"""How good is a model: validation loss on held-out code and accuracy on every task, templated and natural.
+"""How good is a model: validation loss on held-out code, accuracy on every task (templated and natural), and
+how many of its weights survive (`weight_report`).
 
 python -m circuitlab.evaluate data/checkpoints/sparse data/checkpoints/dense --out data/checkpoints/README.md
 """
@@ -65,6 +66,23 @@ def natural_scores(
 def nonzero_weights(model: SparseTransformer) -> int:
     """Nonzero entries over all weight matrices (embeddings included; biases, norms and bigram table not)."""
     return sum(int(weight.count_nonzero()) for weight, _ in model.weight_matrices().values())
+
+
+def weight_report(model: SparseTransformer) -> pd.DataFrame:
+    """One row per weight matrix (`model.weight_matrices()`): its name, kind (`W_Q`, `W_in`, ...), shape, nonzero
+    entries, size and the fraction kept. Biases, norms and the bigram table are never sparsified: not listed."""
+    report = pd.DataFrame(
+        {
+            "matrix": name,
+            "kind": name.rsplit(".", 1)[-1],
+            "shape": tuple(weight.shape),
+            "nonzero": int(weight.count_nonzero()),
+            "size": weight.numel(),
+        }
+        for name, (weight, _) in model.weight_matrices().items()
+    )
+    report["kept"] = report["nonzero"] / report["size"]
+    return report
 
 
 def provenance(checkpoint: Path) -> dict[str, object]:

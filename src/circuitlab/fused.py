@@ -32,7 +32,8 @@ def run_over_rows(serial: Callable[..., None], parallel: Callable[..., None], n_
     its OpenMP threads keep spinning after a parallel call, so a one-thread run that used them took about
     1.4 cores, and two such runs side by side slowed each other about tenfold.
     """
-    n_threads = min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS, n_rows // _MIN_ROWS_PER_THREAD)
+    max_threads = numba.config.NUMBA_NUM_THREADS  # type: ignore[attr-defined]  # set from the environment at import
+    n_threads = min(torch.get_num_threads(), max_threads, n_rows // _MIN_ROWS_PER_THREAD)
     if n_threads <= 1:
         serial(*args, 0, n_rows)
     else:

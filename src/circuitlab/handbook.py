@@ -98,7 +98,7 @@ def run_notebook(notebook: Path, parameters: dict[str, Any], output_dir: Path) -
         raise ValueError(f"Refusing to overwrite the source notebook {notebook}; choose another output folder.")
     default = defaults(notebook)
     custom = any(value != default[name] for name, value in parameters.items())
-    figures = {FIGURES_ENV: str(output_dir / "figures")} if custom else {}
+    figures = {FIGURES_ENV: str((output_dir / "figures").resolve())} if custom else {}  # the kernel runs elsewhere
     with mock.patch.dict(os.environ, figures):  # the kernel inherits this process's environment
         papermill.execute_notebook(
             str(notebook),

@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -153,6 +154,8 @@ class BigramTable(nn.Module):
 class Attention(nn.Module):
     """Causal multi-head attention with optional per-head sinks and AbsTopK on q, k, v (jointly over heads)."""
 
+    causal_bias: Tensor  # a buffer: -inf above the diagonal
+
     def __init__(self, cfg: SparseTransformerConfig):
         super().__init__()
         h, d, e = cfg.n_heads, cfg.d_model, cfg.d_head
@@ -220,6 +223,7 @@ class Attention(nn.Module):
 class MLP(nn.Module):
     def __init__(self, cfg: SparseTransformerConfig):
         super().__init__()
+        assert cfg.d_mlp is not None  # SparseTransformerConfig.__post_init__ sets it
         self.W_in = nn.Parameter(torch.empty(cfg.d_model, cfg.d_mlp))
         self.b_in = nn.Parameter(torch.zeros(cfg.d_mlp))
         self.W_out = nn.Parameter(torch.empty(cfg.d_mlp, cfg.d_model))
@@ -287,7 +291,9 @@ class SparseTransformer(HookedRootModule):
         if cfg.positional_embedding_type == "standard":
             self.pos_embed = PosEmbed(cfg)
             self.hook_pos_embed = HookPoint()
-        self.blocks = nn.ModuleList(TransformerBlock(cfg) for _ in range(cfg.n_layers))
+        # An nn.ModuleList, typed by its items so that `model.blocks[layer].attn.W_Q` type-checks.
+        blocks = nn.ModuleList(TransformerBlock(cfg) for _ in range(cfg.n_layers))
+        self.blocks = cast(Sequence[TransformerBlock], blocks)
         self.ln_final = make_norm(cfg)
         self.unembed = Unembed(cfg)
         if cfg.bigram_table:
@@ -346,7 +352,7 @@ class SparseTransformer(HookedRootModule):
     def to_string(self, tokens: Tensor | Sequence[int]) -> str | list[str]:
         tokens = torch.as_tensor(tokens)
         if tokens.ndim == 2:
-            return [self.to_string(row) for row in tokens]
+            return [self.tokenizer.decode(row.tolist(), skip_special_tokens=False) for row in tokens]
         return self.tokenizer.decode(tokens.tolist(), skip_special_tokens=False)
 
     def to_str_tokens(self, text: str | Tensor, prepend_bos: bool = True) -> list[str]:
@@ -450,6 +456,8 @@ class SparseTransformer(HookedRootModule):
             tokens = self._as_tokens(input)
             resid, start = self.embed_tokens(tokens), 0
         else:
+            if not isinstance(input, Tensor):
+                raise TypeError(f"With start_at={start_at!r} the input is the residual stream there, not {input!r}.")
             resid, start = input, self._site_index(start_at)
             if tokens is not None:
                 tokens = self._as_tokens(tokens)
@@ -528,11 +536,6 @@ class SparseTransformer(HookedRootModule):
     def weight_masks(self) -> dict[str, Tensor]:
         """Which weights survive sparsification (pruned weights are stored as exact zeros)."""
         return {name: param.detach() != 0 for name, (param, _) in self.weight_matrices().items()}
-
-    def node_hook_names(self, layer: int | None = None) -> dict[str, str]:
-        """Hook names of the node locations, as "L{layer}.{location}" -> hook name."""
-        layers = range(self.cfg.n_layers) if layer is None else [layer]
-        return {f"L{l}.{loc}": tmpl.format(layer=l) for l in layers for loc, tmpl in NODE_LOCATIONS.items()}
 
     def _stack(self, module: str, name: str) -> Tensor:
         return torch.stack([getattr(getattr(block, module), name) for block in self.blocks])

@@ -147,3 +147,50 @@ def plot_size_comparison(table, ratio: float, target: float, ax: plt.Axes | None
     ax.set_title(f"circuit size at task loss {target} (dense / sparse: {ratio:.1f}x)")
     ax.legend()
     return ax
+
+
+# -------------------------------------------------------------------------------------------- training (01)
+
+
+def plot_schedules(schedule) -> plt.Figure:
+    """The weight-sparse recipe over a run (a `train.schedule_table`): L0 annealed down from dense, and the
+    "sharkfin" learning rate, small while the model is dense and growing as weights are removed."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3))
+    axes[0].plot(schedule["step"], schedule["l0"])
+    axes[0].set(title="fraction of weights kept (L0)", xlabel="step", yscale="log")
+    axes[1].plot(schedule["step"], schedule["lr"])
+    axes[1].set(title="learning rate (sharkfin)", xlabel="step")
+    return fig
+
+
+def plot_training_curves(runs: dict) -> plt.Figure:
+    """Loss, L0, learning rate and dead MLP neurons against tokens seen, one line per run: `runs` maps a label to
+    a run's `metrics.csv` as a DataFrame (validation loss and dead neurons only on the rows that evaluated)."""
+    fig, axes = plt.subplots(1, 4, figsize=(16, 3))
+    for label, frame in runs.items():
+        evaluated = frame.dropna(subset=["val_loss"])
+        axes[0].plot(frame["tokens"], frame["train_loss"], label=f"{label} train", alpha=0.6)
+        axes[0].plot(evaluated["tokens"], evaluated["val_loss"], "o-", label=f"{label} val")
+        axes[1].plot(frame["tokens"], frame["l0"], label=label)
+        axes[2].plot(frame["tokens"], frame["lr"], label=label)
+        axes[3].plot(evaluated["tokens"], evaluated["dead_neurons"], "o-", label=label)
+    axes[0].set(title="loss (nats/token)", xlabel="tokens")
+    axes[1].set(title="L0 (hidden matrices)", xlabel="tokens", yscale="log")
+    axes[2].set(title="learning rate", xlabel="tokens")
+    axes[3].set(title="dead MLP neurons (fraction)", xlabel="tokens")
+    for ax in axes:
+        ax.legend(fontsize=7)
+    return fig
+
+
+def plot_weight_sparsity(weight, name: str, unit: str = "neuron", max_units: int = 128) -> plt.Figure:
+    """A [d_model, units] weight matrix (a torch tensor, e.g. `mlp.W_in`): the histogram of all its entries (log
+    count: pruned weights are a spike of exact zeros) and which entries are nonzero, for the first `max_units`."""
+    weight = weight.detach().cpu()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3))
+    axes[0].hist(weight.flatten().numpy(), bins=100, log=True)
+    axes[0].set(title=f"{name}: all weights (log count)")
+    shown = weight[:, :max_units]
+    axes[1].imshow((shown != 0).numpy(), aspect="auto", cmap="Greys", interpolation="nearest")
+    axes[1].set(title=f"nonzero pattern (first {shown.shape[1]} {unit}s)", xlabel=unit, ylabel="residual channel")
+    return fig

@@ -34,13 +34,15 @@ import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import optuna
 import pandas as pd
 import torch
+from optuna.storages.journal import JournalFileBackend
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 from tqdm.auto import tqdm
@@ -141,7 +143,8 @@ class StopBeforeOverrun:
         self.longest = 0.0
 
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        self.longest = max(self.longest, trial.duration.total_seconds())
+        if trial.duration is not None:  # None only for a trial that never started
+            self.longest = max(self.longest, trial.duration.total_seconds())
         if time.time() + self.longest > self.deadline:
             study.stop()
 
@@ -158,7 +161,7 @@ def optuna_verbosity(level: int) -> Iterator[None]:
 
 
 def journal(run_dir: str | Path) -> optuna.storages.JournalStorage:
-    return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(Path(run_dir) / JOURNAL_FILE)))
+    return optuna.storages.JournalStorage(JournalFileBackend(str(Path(run_dir) / JOURNAL_FILE)))
 
 
 def trial_dir(run_dir: str | Path, number: int) -> Path:
@@ -178,7 +181,7 @@ def run_worker(job_file: str | Path) -> None:
     pretraining_tokens = load_file(tokens_path)["tokens"] if tokens_path.exists() else None
 
     def objective(trial: optuna.Trial) -> float:
-        overrides = suggest(trial, base, job.space)
+        overrides: dict[str, Any] = suggest(trial, base, job.space)
         cfg = replace(base, **overrides)
         start = time.time()
         circuit = prune(model, task, cfg, pretraining_tokens=pretraining_tokens, progress=False)
@@ -206,7 +209,7 @@ def run_worker(job_file: str | Path) -> None:
         seed=job.sampler_seed, n_startup_trials=STARTUP_TRIALS, multivariate=True, constant_liar=True
     )
     study = optuna.load_study(study_name=STUDY_NAME, storage=journal(job.run_dir), sampler=sampler)
-    callbacks = [StopBeforeOverrun(job.deadline)]
+    callbacks: list[Callable[[optuna.Study, optuna.trial.FrozenTrial], None]] = [StopBeforeOverrun(job.deadline)]
     if job.max_trials is not None:
         callbacks.append(optuna.study.MaxTrialsCallback(job.max_trials, states=None))
     remaining = job.deadline - time.time()
@@ -360,7 +363,7 @@ def run_workers(job: WorkerJob, workers: int, study: optuna.Study, progress: boo
                 if crashed or (time.time() >= job.deadline and any(trial.number == 0 for trial in finished)):
                     break
                 bar.n = min(budget, round(time.time() - job.started))
-                best = min((trial.value for trial in finished), default=None)
+                best = min((trial.value for trial in finished if trial.value is not None), default=None)
                 bar.set_postfix(trials=len(finished), best_edges=best)
     finally:
         for process in processes:

@@ -148,7 +148,8 @@ def coerce_fields(instance: Any) -> None:
     """Coerce every field of the dataclass `instance` to its annotation, in place (call it in `__post_init__`);
     one SettingsError lists every field that cannot be."""
     problems = []
-    for name, annotation in _field_types(type(instance)).items():
+    cls: type = type(instance)  # (mypy does not take type[Any] for the hashable key the cache needs)
+    for name, annotation in _field_types(cls).items():
         try:
             setattr(instance, name, coerce(getattr(instance, name), annotation, name))
         except SettingsError as err:

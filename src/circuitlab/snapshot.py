@@ -108,7 +108,10 @@ def iter_corpus_files(split: str = "train") -> Iterator[tuple[str, str]]:
                 raise ValueError(f"{member.name} is in the snapshot but not in {MANIFEST_PATH.name}")
             if split != "all" and entry["split"] != split:
                 continue
-            data = archive.extractfile(member).read()
+            handle = archive.extractfile(member)
+            if handle is None:
+                raise ValueError(f"{member.name} in the snapshot is not a regular file")
+            data = handle.read()
             if hashlib.sha256(data).hexdigest() != entry["sha256"]:
                 raise ValueError(
                     f"{member.name} does not match its sha256 in {MANIFEST_PATH.name}: the snapshot is corrupt"

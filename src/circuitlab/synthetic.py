@@ -236,7 +236,7 @@ def _data_table(rng: random.Random) -> str:
         items = ", ".join(f"{quote}{rng.choice(WORDS)}{quote}" for _ in range(rng.randint(1, 6)))
         opener, closer = rng.choice((("{", "}"), ("[", "]"), ("(", ")"), ("frozenset({", "})")))
         return f"{var} = {opener}{items}{closer}\n"
-    lines = []
+    lines: list[str] = []
     for _ in range(rng.randint(1, 4)):
         inner = (f"[{', '.join(atom(rng) for _ in range(rng.randint(1, 3)))}]" for _ in range(rng.randint(1, 3)))
         lines.append(f"{var}{len(lines) or ''} = [{', '.join(inner)}]\n")

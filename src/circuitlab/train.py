@@ -30,9 +30,12 @@ import os
 import shutil
 import sys
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
+import pandas as pd
 import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
@@ -151,9 +154,10 @@ class TrainConfig:
 
 
 CONFIG_SECTIONS = {"model": SparseTransformerConfig, "train": TrainConfig}
+C = TypeVar("C", SparseTransformerConfig, TrainConfig)
 
 
-def load_config(path: str | Path, overrides: list[str] = ()) -> tuple[SparseTransformerConfig, TrainConfig]:
+def load_config(path: str | Path, overrides: Sequence[str] = ()) -> tuple[SparseTransformerConfig, TrainConfig]:
     """Read a YAML file with `model:` and `train:` sections; `overrides` are "section.field=value" strings.
     Every value is checked (`circuitlab.settings`); a problem is reported with the file or the override."""
     raw = settings.read_mapping(path)
@@ -163,15 +167,15 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> tuple[SparseTran
     for item in overrides:
         if item.partition(".")[0] not in CONFIG_SECTIONS:
             raise SettingsError(f"--set {item!r}: use section.field=value, e.g. train.steps=100 or model.d_model=64")
-    configs = []
-    for section, cls in CONFIG_SECTIONS.items():
-        values = {} if raw.get(section) is None else raw[section]
-        mine = [item for item in overrides if item.startswith(f"{section}.")]
-        changes = settings.parse_overrides(cls, mine, prefix=f"{section}.")
-        source = f"{path}, {section}:" + "".join(f" --set {item}" for item in mine)
-        configs.append(settings.build(cls, {**values, **changes} if isinstance(values, dict) else values, source))
-    model_cfg, train_cfg = configs
-    return model_cfg, train_cfg
+
+    def section(name: str, cls: type[C]) -> C:
+        values = {} if raw.get(name) is None else raw[name]
+        mine = [item for item in overrides if item.startswith(f"{name}.")]
+        changes = settings.parse_overrides(cls, mine, prefix=f"{name}.")
+        source = f"{path}, {name}:" + "".join(f" --set {item}" for item in mine)
+        return settings.build(cls, {**values, **changes} if isinstance(values, dict) else values, source)
+
+    return section("model", SparseTransformerConfig), section("train", TrainConfig)
 
 
 # ------------------------------------------------------------------------------------------ output folder
@@ -231,6 +235,7 @@ def validation_metrics(model: SparseTransformer, sampler: TokenSampler, cfg: Tra
     """Validation loss on fixed batches, and the fraction of MLP neurons that never fire on them (zero after
     the activation and AbsTopK at every position of every batch)."""
     model.eval()
+    assert model.cfg.d_mlp is not None  # SparseTransformerConfig.__post_init__ sets it
     fired = torch.zeros(model.cfg.n_layers, model.cfg.d_mlp, dtype=torch.bool, device=cfg.device)
 
     def record(layer: int):
@@ -239,7 +244,9 @@ def validation_metrics(model: SparseTransformer, sampler: TokenSampler, cfg: Tra
 
         return hook
 
-    hooks = [(f"blocks.{layer}.mlp.hook_post", record(layer)) for layer in range(model.cfg.n_layers)]
+    hooks: list[tuple[str | Callable, Callable]] = [
+        (f"blocks.{layer}.mlp.hook_post", record(layer)) for layer in range(model.cfg.n_layers)
+    ]
     losses = []
     with model.hooks(fwd_hooks=hooks):
         for i in range(cfg.eval_batches):
@@ -277,7 +284,24 @@ def mean_over_ranks(value: torch.Tensor, world_size: int) -> float:
 # -------------------------------------------------------------------------------------------------- train
 
 
-def decayed_parameters(model: SparseTransformer) -> list[torch.nn.Parameter]:
+def schedule(step: int, model_cfg: SparseTransformerConfig, cfg: TrainConfig) -> tuple[float, float, float]:
+    """The recipe at `step` (counted from 0): L0 of the hidden matrices, L0 of the embeddings, learning rate."""
+    l0 = l0_schedule(step, cfg.steps, model_cfg.weight_l0, cfg.l0_start_frac, cfg.l0_end_frac)
+    l0_embed = l0_schedule(step, cfg.steps, model_cfg.embed_l0, cfg.l0_start_frac, cfg.l0_end_frac)
+    return l0, l0_embed, lr_schedule(step, cfg.steps, cfg.lr, cfg.warmup_frac, l0, model_cfg.weight_l0)
+
+
+def schedule_table(model_cfg: SparseTransformerConfig, cfg: TrainConfig) -> pd.DataFrame:
+    """`schedule` at every step of a run, as `train` follows it: columns step (from 1, as in metrics.csv), l0,
+    l0_embed and lr."""
+    table = pd.DataFrame(
+        [schedule(step, model_cfg, cfg) for step in range(cfg.steps)], columns=["l0", "l0_embed", "lr"]
+    )
+    table.insert(0, "step", range(1, cfg.steps + 1))
+    return table
+
+
+def decayed_parameters(model: SparseTransformer) -> list[torch.Tensor]:
     """The matrices weight decay applies to (not the bigram table, biases, norms or sinks)."""
     return [p for name, p in model.named_parameters() if p.ndim >= 2 and not name.endswith(NO_DECAY_SUFFIXES)]
 
@@ -404,9 +428,7 @@ def train(model_cfg: SparseTransformerConfig, cfg: TrainConfig, progress: bool =
     model.train()
     for step in bar:
         started = time.perf_counter()
-        l0 = l0_schedule(step, cfg.steps, model_cfg.weight_l0, cfg.l0_start_frac, cfg.l0_end_frac)
-        l0_embed = l0_schedule(step, cfg.steps, model_cfg.embed_l0, cfg.l0_start_frac, cfg.l0_end_frac)
-        lr = lr_schedule(step, cfg.steps, cfg.lr, cfg.warmup_frac, l0, model_cfg.weight_l0)
+        l0, l0_embed, lr = schedule(step, model_cfg, cfg)
         tokens = train_sampler.batch(step, cfg.batch_size)[rank * local_batch : (rank + 1) * local_batch]
         try:
             loss, nonzero = training_step(
@@ -427,7 +449,7 @@ def train(model_cfg: SparseTransformerConfig, cfg: TrainConfig, progress: bool =
         last_step = step + 1 == cfg.steps
         log_now = step % cfg.log_every == 0 or last_step
         train_loss = mean_over_ranks(loss, world_size) if log_now else None  # all ranks take part
-        if is_main and log_now:
+        if is_main and train_loss is not None:  # a logging step
             row = {
                 "step": step + 1,
                 "tokens": (step + 1) * tokens_per_step,

@@ -110,7 +110,7 @@ class Task:
             raise ValueError(f"task {name!r}: the two candidates are the same string {candidates[0]!r}")
         self.name = name
         self.description = description
-        self.candidates = tuple(candidates)
+        self.candidates = (candidates[0], candidates[1])
         self.sampler = sampler
 
     def __repr__(self) -> str:
@@ -343,9 +343,9 @@ def define_task(name: str, candidates: tuple[str, str], description: str) -> Cal
     return decorate
 
 
-def same_rest(rest: str, *prompts: str) -> tuple[Instance, ...]:
-    """Instances of ``prompts`` that all continue with ``rest``."""
-    return tuple(Instance(prompt, rest) for prompt in prompts)
+def same_rest(rest: str, first: str, second: str) -> tuple[Instance, Instance]:
+    """A contrast pair of prompts that both continue with ``rest``."""
+    return Instance(first, rest), Instance(second, rest)
 
 
 # ------------------------------------------------------------------------------------------------ controls

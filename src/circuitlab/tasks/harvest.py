@@ -107,7 +107,7 @@ def _harvest_set_or_string(source: str) -> list[Datapoint]:
     scopes = [tree] + [n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]
     for scope in scopes:
         kinds: dict[str, list[tuple[int, str]]] = {}
-        uses: list[tuple[ast.AST, str, str]] = []
+        uses: list[tuple[ast.Name, str, str]] = []
         for node in _walk_scope(scope):
             if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
                 kinds.setdefault(node.targets[0].id, []).append((node.lineno, _init_kind(node.value)))
