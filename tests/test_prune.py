@@ -7,7 +7,6 @@ import torch
 
 from circuitlab import SparseTransformer, prune, tasks
 from circuitlab.circuit import Calibration, Circuit
-from circuitlab.config import SparseTransformerConfig
 from circuitlab.discretize import geometric_grid, greedy_cleanup, smallest_sufficient
 from circuitlab.paths import CHECKPOINTS_DIR
 from circuitlab.prune import (
@@ -105,59 +104,55 @@ def test_config_refuses_bad_values_with_the_field_name():
     assert PruneConfig(lr="1e-3").lr == 1e-3
 
 
-TINY = SparseTransformerConfig(n_layers=2, d_model=32, n_heads=2, d_vocab=1024, n_ctx=64, seed=3)
-
-
-@pytest.fixture(scope="module")
-def tiny() -> SparseTransformer:
-    return SparseTransformer(TINY)
-
-
-def test_prune_pairs_are_disjoint_held_out_prompts(tiny):
+def test_prune_pairs_are_disjoint_held_out_prompts(tiny_model):
     cfg = PruneConfig(steps=3, pairs_per_step=4, selection_pairs=10, test_pairs=12)
-    pairs = PrunePairs.from_task(tasks.get("bracket_counting"), tiny.tokenizer, cfg)
+    pairs = PrunePairs.from_task(tasks.get("bracket_counting"), tiny_model.tokenizer, cfg)
     sets = [{p.prompt for p in batch.datapoints} for batch in (pairs.train, pairs.selection, pairs.test)]
     assert [len(s) for s in sets] == [24, 20, 24]
     assert not (sets[0] & sets[1] or sets[0] & sets[2] or sets[1] & sets[2])
     assert all(tasks.prompt_split(p) == "test" for s in sets for p in s)  # never in the training corpus
 
 
-def test_prune_leaves_the_model_as_found_and_refuses_foreign_tokens(tiny):
-    tiny.train()
-    tiny.unembed.W_U.requires_grad_(True)
-    tiny.blocks[0].mlp.W_in.requires_grad_(False)
+def test_prune_leaves_the_model_as_found_and_refuses_foreign_tokens(tiny_model):
+    tiny_model.train()
+    tiny_model.unembed.W_U.requires_grad_(True)
+    tiny_model.blocks[0].mlp.W_in.requires_grad_(False)
     small = dict(steps=2, pairs_per_step=2, selection_pairs=4, test_pairs=4, skip_unsolved=False, cleanup=False)
     text = torch.randint(0, 1024, (4, 64))
-    circuit = prune(tiny, tasks.get("single_double_quote"), pretraining_tokens=text, progress=False, **small)
-    assert tiny.training and tiny.unembed.W_U.requires_grad and not tiny.blocks[0].mlp.W_in.requires_grad
-    assert circuit.task_loss == circuit.task_loss  # a number, not NaN
+    circuit = prune(tiny_model, tasks.get("single_double_quote"), pretraining_tokens=text, progress=False, **small)
+    assert (
+        tiny_model.training and tiny_model.unembed.W_U.requires_grad and not tiny_model.blocks[0].mlp.W_in.requires_grad
+    )
+    assert math.isfinite(circuit.task_loss)
     foreign = text.clone()
     foreign[0, 0] = 5000
     with pytest.raises(ValueError, match=r"pretraining_tokens holds token ids .*5000\] but the model's vocabulary"):
-        prune(tiny, tasks.get("single_double_quote"), pretraining_tokens=foreign, progress=False, **small)
+        prune(tiny_model, tasks.get("single_double_quote"), pretraining_tokens=foreign, progress=False, **small)
 
 
-def test_tied_qk_masks_keep_or_prune_q_and_k_together(tiny):
-    means = ablation_values(tiny, "zero")
-    masks = NodeMasks(tiny, means, PruneConfig(tie_qk=True))
-    untied = NodeMasks(tiny, means, PruneConfig())
-    per_layer_qk = TINY.n_heads * TINY.d_head
-    assert masks.n_units == untied.n_units - TINY.n_layers * per_layer_qk
+def test_tied_qk_masks_keep_or_prune_q_and_k_together(tiny_model, tiny_config):
+    means = ablation_values(tiny_model, "zero")
+    masks = NodeMasks(tiny_model, means, PruneConfig(tie_qk=True))
+    untied = NodeMasks(tiny_model, means, PruneConfig())
+    per_layer_qk = tiny_config.n_heads * tiny_config.d_head
+    assert masks.n_units == untied.n_units - tiny_config.n_layers * per_layer_qk
     for k in (1, 5, 40):
         kept = masks.highest(k)
-        for layer in range(TINY.n_layers):
+        for layer in range(tiny_config.n_layers):
             q, key = kept[f"blocks.{layer}.attn.hook_q"], kept[f"blocks.{layer}.attn.hook_k"]
             assert torch.equal(q, key)
 
 
-def test_loss_vs_nodes_matches_scores_by_name_after_load(tiny, tmp_path):
+def test_loss_vs_nodes_matches_scores_by_name_after_load(tiny_model, tmp_path):
     small = dict(steps=2, pairs_per_step=2, selection_pairs=4, test_pairs=4, skip_unsolved=False, cleanup=False)
     task = tasks.get("single_double_quote")
-    circuit = prune(tiny, task, ablation="zero", progress=False, **small)
-    loaded = Circuit.load(circuit.save(tmp_path / "c"), tiny)
+    circuit = prune(tiny_model, task, ablation="zero", progress=False, **small)
+    loaded = Circuit.load(circuit.save(tmp_path / "c"), tiny_model)
     loaded.scores = dict(reversed(list(loaded.scores.items())))  # another key order
-    batch = task.batch(tiny.tokenizer, "test", 4, n_ctx=64)
-    assert loss_vs_nodes(tiny, loaded, batch, [0, 7]) == pytest.approx(loss_vs_nodes(tiny, circuit, batch, [0, 7]))
+    batch = task.batch(tiny_model.tokenizer, "test", 4, n_ctx=64)
+    assert loss_vs_nodes(tiny_model, loaded, batch, [0, 7]) == pytest.approx(
+        loss_vs_nodes(tiny_model, circuit, batch, [0, 7])
+    )
 
 
 @pytest.fixture(scope="module")
@@ -204,9 +199,9 @@ def test_cleanup_stops_after_its_trial_budget():
     assert len(calls) == 7 and kept == list(range(100)) and removed == []
 
 
-def test_a_target_the_ablated_model_meets_gives_an_empty_circuit(tiny):
+def test_a_target_the_ablated_model_meets_gives_an_empty_circuit(tiny_model):
     # A target every loss meets: the search keeps nothing, and the stages after it must cope (the dense model
     # does else_elif from its bigram table alone).
     small = dict(steps=2, pairs_per_step=2, selection_pairs=4, test_pairs=4, skip_unsolved=False)
-    circuit = prune(tiny, tasks.get("else_elif"), ablation="zero", target_loss=5.0, progress=False, **small)
+    circuit = prune(tiny_model, tasks.get("else_elif"), ablation="zero", target_loss=5.0, progress=False, **small)
     assert circuit.n_nodes == 0 and circuit.n_edges == 0 and circuit.search["units"] == 0

@@ -54,7 +54,7 @@ CIRCUIT_FIELDS = {"task_name", "ablation", "target_loss", "task_loss", "full_mod
 class Node(NamedTuple):
     layer: int
     location: str
-    index: int  # channel index; for q, k, v: head * d_head + dim
+    index: int  # type: ignore[assignment]  # channel index (q, k, v: head * d_head + dim); shadows tuple.index
 
     def __str__(self) -> str:
         return f"L{self.layer}.{self.location}.{self.index}"
@@ -87,6 +87,7 @@ def sublayer_order(node: Node) -> float:
 def node_shapes(model: SparseTransformer) -> dict[str, tuple[int, ...]]:
     """Hook name -> shape of its node mask (the trailing, per-channel dims of the activation)."""
     cfg = model.cfg
+    assert cfg.d_mlp is not None, "the config sets d_mlp (4 * d_model by default) when it is built"
     widths = {
         "attn_read": (cfg.d_model,),
         "q": (cfg.n_heads, cfg.d_head),
@@ -204,7 +205,11 @@ class Circuit:
 
     @property
     def n_edges(self) -> int:
-        return len(self.edges) if self.edges is not None else self.saved_n_edges
+        if self.edges is not None:
+            return len(self.edges)
+        if self.saved_n_edges is None:
+            raise ValueError(f"the {self.task_name} circuit has neither edges nor a saved edge count")
+        return self.saved_n_edges
 
     @property
     def nodes_by_location(self) -> dict[str, int]:
@@ -242,7 +247,7 @@ class Circuit:
 
     # ------------------------------------------------------------------ running
 
-    def hooks(self, invert: bool = False) -> list[tuple[str, callable]]:
+    def hooks(self, invert: bool = False) -> list[tuple[str | Callable, Callable]]:
         """Forward hooks that ablate every node outside the circuit (or, with invert, every node in it)."""
 
         def make_hook(name: str):
@@ -369,7 +374,7 @@ class Circuit:
             config=meta["config"],
             calibration=Calibration(**meta.get("calibration", {})),
             selection_loss=meta.get("selection_loss", float("nan")),
-            uncalibrated_loss=meta.get("uncalibrated_loss", meta["task_loss"]),
+            uncalibrated_loss=float(meta["uncalibrated_loss" if "uncalibrated_loss" in meta else "task_loss"]),
             search=meta.get("search", {}),
             removed_edges=[(Node.parse(a), Node.parse(b)) for a, b in meta.get("removed_edges", [])],
         )

@@ -29,7 +29,7 @@ def circuit_graph(circuit: Circuit) -> nx.DiGraph:
             f"The {circuit.task_name} circuit was loaded without its model, so it has no edges to draw: "
             "load it with Circuit.load(path, model)."
         )
-    graph = nx.DiGraph()
+    graph: nx.DiGraph = nx.DiGraph()
     for node in circuit.nodes:
         graph.add_node(node, location=node.location, layer=node.layer)
     for edge in circuit.edges:
@@ -106,16 +106,15 @@ def save_figure(fig: plt.Figure, name: str, directory: str | Path | None = None)
     return path
 
 
-def plot_pruning_history(history: list[dict], axes: tuple[plt.Axes, plt.Axes] | None = None) -> plt.Figure:
+def plot_pruning_history(history: list[dict]) -> plt.Figure:
     """Mask training: the task loss on each step's fresh pairs, and the nodes kept (score > 0)."""
-    if axes is None:
-        _, axes = plt.subplots(1, 2, figsize=(10, 3))
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3))
     steps = [row["step"] for row in history]
     axes[0].plot(steps, [row["task_loss"] for row in history], lw=0.8)
     axes[0].set(title="task loss while pruning (training pairs)", xlabel="step", yscale="log")
     axes[1].plot(steps, [row["n_kept"] for row in history])
     axes[1].set(title="nodes kept (score > 0)", xlabel="step", yscale="log")
-    return axes[0].figure
+    return fig
 
 
 def plot_loss_vs_nodes(

@@ -187,7 +187,7 @@ class NodeMasks(nn.Module):
         self.means = means
         self.temperature = cfg.heaviside_temp
         self.param_of: dict[str, int] = {}
-        params = []
+        params: list[nn.Parameter] = []
         for name, shape in shapes.items():
             if cfg.tie_qk and name.endswith("attn.hook_k"):
                 self.param_of[name] = self.param_of[name.replace("hook_k", "hook_q")]
@@ -215,9 +215,9 @@ class NodeMasks(nn.Module):
         return HeavisideSigmoidGrad.apply(self.scores[self.param_of[name]], self.temperature)
 
     def n_kept(self) -> Tensor:
-        return sum(self.keep(name).sum() for name in self.names)
+        return torch.stack([self.keep(name).sum() for name in self.names]).sum()
 
-    def hooks(self) -> list[tuple[str, Callable]]:
+    def hooks(self) -> list[tuple[str | Callable, Callable]]:
         def make_hook(name: str) -> Callable:
             def hook(activation: Tensor, hook) -> Tensor:
                 keep = self.keep(name)
@@ -401,7 +401,7 @@ def prune_targets(
         circuits = {}
         for target in targets:
             target_cfg = replace(cfg, target_loss=target)
-            units, found, removed_edges = list(range(masks.n_units)), {}, []
+            units, found, removed_edges = list(range(masks.n_units)), dict[str, int](), list[tuple[Node, Node]]()
             if full_model_loss <= target or not cfg.skip_unsolved:
                 units, found = search_units(masks, selection, target_cfg)
                 if cfg.edge_cleanup and len(units) < masks.n_units:
@@ -529,7 +529,8 @@ def unit_attribution(model: SparseTransformer, masks: NodeMasks, batch: TaskBatc
                 task_loss(*last_position_logits(model, bucket), reduction="sum").backward()
     finally:
         masks.fixed = None
-    per_node = -torch.cat([mask.grad.flatten() for mask in fixed.values()]) / len(batch)
+    grads = [torch.zeros(m.numel()) if m.grad is None else m.grad.flatten() for m in fixed.values()]
+    per_node = -torch.cat(grads) / len(batch)
     return torch.zeros(masks.n_units).index_add_(0, masks.unit_of, per_node)
 
 
