@@ -2,11 +2,13 @@
 
 import json
 import math
+import shutil
 
 import pandas as pd
 import pytest
 
 from circuitlab import SparseTransformer, tasks
+from circuitlab.checkpoint import CheckpointError
 from circuitlab.circuit import load_circuits
 from circuitlab.evaluate import task_scores
 from circuitlab.paths import CHECKPOINTS_DIR, CIRCUITS_DIR
@@ -52,3 +54,10 @@ def test_shipped_circuits_hold_on_the_pairs_kept_for_reporting(sparse):
     assert circuit.loss(sparse, held_out, invert=True) >= math.log(2) - 0.01  # ablating it: chance or worse
     fresh = task.batch(sparse.tokenizer, "test", 300, seed=7, n_ctx=sparse.cfg.n_ctx)
     assert circuit.loss(sparse, fresh) < 0.2  # other fresh pairs (some may overlap the pruning's draw)
+
+
+def test_a_foreign_config_over_the_shipped_weights_is_refused(tmp_path):
+    copy = shutil.copytree(CHECKPOINTS_DIR / "sparse", tmp_path / "sparse")
+    shutil.copy(CHECKPOINTS_DIR / "dense" / "config.json", copy / "config.json")  # same shapes, AbsTopK off
+    with pytest.raises(CheckpointError, match=r"config\.json does not belong to .*afrac"):
+        SparseTransformer.from_pretrained(copy)
