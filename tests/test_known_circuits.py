@@ -75,7 +75,7 @@ KNOWN_NODES = {(name, index) for name, indices in KNOWN.items() for index in ind
 
 STEPS = 100
 PAPER_CENTRE = {"lr": 3e-3, "penalty": 1e-4}  # the paper's search centre (its Table 2) for these two
-SETTINGS = {"defaults": {}, "paper centre": PAPER_CENTRE}
+SPREAD_INIT = {"init_mean": 0.5, "init_std": 0.2, "steps": 300}  # scores cross zero at different steps
 
 
 @torch.no_grad()
@@ -157,9 +157,8 @@ def pairs() -> PrunePairs:
 
 
 def run_pruner(model, pairs, ablation: str, **settings):
-    return prune(
-        model, pairs=pairs, pretraining_tokens=PRETRAINING, progress=False, steps=STEPS, ablation=ablation, **settings
-    )
+    settings = {"steps": STEPS, "ablation": ablation, **settings}
+    return prune(model, pairs=pairs, pretraining_tokens=PRETRAINING, progress=False, **settings)
 
 
 ALL_NODES = {
@@ -215,23 +214,26 @@ def test_the_pruner_keeps_the_known_circuit_and_no_decoy(model, pairs, ablation)
 
 
 COLLAPSE = (
-    "Pruner v2 defaults (lr 1e-2): the confident model's task gradient (~e^-margin) is below the penalty's, "
-    "AdamW moves every score down by ~lr a step, all cross zero near step 10 and the masks end at chance "
-    "(trained-mask test loss 0.693 in 8 of 8 runs, mean and zero ablation, 100 and 300 steps)"
+    "Pruner v2 defaults (lr 1e-2, init 0.1 ± 0.01): the confident model's task gradient (~e^-margin) is below "
+    "the penalty's from the first step, AdamW moves every score down by ~lr a step, all cross zero together "
+    "near step 10, and once the nodes downstream are ablated those upstream get no gradient: the masks end at "
+    "chance (trained-mask test loss 0.693 in 8 of 8 runs, mean and zero ablation, 100 and 300 steps)"
 )
 
 
 @pytest.mark.parametrize(
     "settings",
     [
-        pytest.param(SETTINGS["defaults"], id="defaults", marks=pytest.mark.xfail(strict=True, reason=COLLAPSE)),
-        pytest.param(SETTINGS["paper centre"], id="paper-centre"),
+        pytest.param({}, id="defaults", marks=pytest.mark.xfail(strict=True, reason=COLLAPSE)),
+        pytest.param(PAPER_CENTRE, id="paper-centre"),  # holds at 100 steps; at 300 it collapses in 2 of 4 runs
+        pytest.param(SPREAD_INIT, id="spread-init"),
     ],
 )
 @pytest.mark.parametrize("ablation", ["mean", "zero"])
-def test_mask_training_keeps_the_circuit_it_is_rewarded_for(model, pairs, ablation, settings):
+def test_mask_training_keeps_the_circuit_it_is_rewarded_for(model, ablation, settings):
     """No collapse: the masks training ends with (τ > 0) hold the known circuit and reach the target on
     held-out pairs, and the search needs no more than a few extra nodes before cleanup."""
+    pairs = known_circuit_pairs(steps=settings.get("steps", STEPS))
     circuit = run_pruner(model, pairs, ablation, **settings)
     evaluation = controls.evaluate_trained_masks(model, circuit, pairs)
     trained = {(name, i) for name, s in circuit.scores.items() for i in (s.flatten() > 0).nonzero().flatten().tolist()}
