@@ -305,11 +305,10 @@ def test_nonsense_task_swaps_a_pairs_answers_exactly_when_the_rule_says():
     assert nonsense.pairs("test", 5) == controls.nonsense_task(task).pairs("test", 5)  # deterministic
 
 
-def test_run_controls_trains_masks_for_every_control_and_tabulates_them():
-    tiny = SparseTransformer(SparseTransformerConfig(n_layers=1, d_model=32, n_heads=2, n_ctx=64, seed=3))
-    small = dict(steps=2, pairs_per_step=2, selection_pairs=4, test_pairs=4, cleanup=False)
-    text = torch.randint(0, tiny.cfg.d_vocab, (4, 64))
-    runs = controls.run_controls(tiny, tasks.get("single_double_quote"), pretraining_tokens=text, **small)
+def test_run_controls_trains_masks_for_every_control_and_tabulates_them(tiny_model):
+    small = dict(steps=2, pairs_per_step=2, selection_pairs=4, test_pairs=4, cleanup=False, edge_cleanup=False)
+    text = torch.randint(0, tiny_model.cfg.d_vocab, (4, tiny_model.cfg.n_ctx))
+    runs = controls.run_controls(tiny_model, tasks.get("single_double_quote"), pretraining_tokens=text, **small)
     assert list(runs) == ["mean ablation (the method)", "zero ablation", "random model", "nonsense task"]
     assert all(len(run.circuit.history) == 2 for run in runs.values())  # trained although the model is unsolved
     assert runs["nonsense task"].circuit.task_name == "single_double_quote__nonsense"

@@ -102,13 +102,13 @@ def evaluate_trained_masks(model: SparseTransformer, circuit: Circuit, pairs: Pr
     with frozen(model):
         selection = MaskedEvaluator(model, masks, pairs.selection)
         test = MaskedEvaluator(model, masks, pairs.test)
-        calibration = selection.fit(trained)[1]
-        full_calibration = selection.fit(None)[1]
+        everything = masks.node_masks(torch.arange(masks.n_units))
+        calibration, full_calibration = selection.fit(trained)[1], selection.fit(everything)[1]
         return MaskEvaluation(
             trained_nodes=int(sum(mask.sum() for mask in trained.values())),
             trained_loss=test.loss(trained),
             trained_calibrated_loss=test.loss(trained, calibration),
-            full_model_calibrated_loss=test.loss(None, full_calibration),
+            full_model_calibrated_loss=test.loss(everything, full_calibration),
             final_training_loss=sum(tail) / len(tail) if tail else float("nan"),
         )
 
