@@ -9,7 +9,7 @@ not, which is what makes them controls that could fail.
 
 The baseline ranks nodes by gradient attribution with every node kept, then runs the same search for the
 smallest sufficient top-k and the same calibration as learned pruning, on the same pairs and ablation
-constants (`attribution_circuit`, `edges_vs_loss`).
+constants (`attribution_circuit`, `edges_vs_loss`): `prune.search_units` over either ranking.
 """
 
 from __future__ import annotations
@@ -23,8 +23,7 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from circuitlab.circuit import Calibration, Circuit, circuit_edges
-from circuitlab.discretize import smallest_sufficient
+from circuitlab.circuit import Circuit, circuit_edges
 from circuitlab.model import SparseTransformer
 from circuitlab.prune import (
     PRETRAINING_ROWS,
@@ -35,11 +34,12 @@ from circuitlab.prune import (
     frozen,
     prune,
     sample_pretraining_tokens,
+    search_units,
     select_rows,
     unit_attribution,
 )
 from circuitlab.sparsity import project_topk_
-from circuitlab.tasks import Task, TaskBatch, relabelled
+from circuitlab.tasks import Task, relabelled
 
 CHANCE_LOSS = math.log(2)  # per-prompt loss of a circuit that cannot tell a pair's two prompts apart
 
@@ -168,80 +168,57 @@ def control_table(runs: dict[str, ControlRun]) -> pd.DataFrame:
 # ------------------------------------------------------------------------------- the attribution baseline
 
 
-def all_kept_attribution(model: SparseTransformer, circuit: Circuit, batch: TaskBatch) -> Tensor:
-    """Per unit, with every node kept: minus (activation − ablation value) · ∂loss/∂activation, summed over
-    positions and averaged over `batch`'s prompts (`unit_attribution` with every mask at 1; `circuit`'s
-    ablation constants)."""
+def learned_masks(model: SparseTransformer, circuit: Circuit, pairs: PrunePairs) -> NodeMasks:
+    """The masks of the pruning run that found `circuit`, ranked as its search ranked them: by trained score,
+    ties broken by the attribution at the trained mask on the selection pairs."""
+    masks = trained_node_masks(model, circuit)
+    with frozen(model):
+        masks.tiebreak = unit_attribution(model, masks, pairs.selection)
+    return masks
+
+
+def attribution_masks(model: SparseTransformer, circuit: Circuit, pairs: PrunePairs) -> NodeMasks:
+    """The baseline's masks: every score equal, so the ranking is the tiebreak, |attribution| with every node
+    kept: per unit, (activation − ablation value) · ∂loss/∂activation summed over positions and averaged over
+    prompts (`unit_attribution` with every mask at 1). Measured, like the masks are learned, on training pairs
+    (as many as the selection set holds), with `circuit`'s ablation constants."""
     masks = trained_node_masks(model, circuit)
     with torch.no_grad():
         for score in masks.scores:
             score.fill_(1.0)
+    batch = select_rows(pairs.train, torch.arange(min(len(pairs.train), len(pairs.selection))))
     with frozen(model):
-        return unit_attribution(model, masks, batch)
+        masks.tiebreak = unit_attribution(model, masks, batch).abs()
+    return masks
 
 
-def by_magnitude(values: Tensor) -> Tensor:
-    """Indices from the largest |value| down (ties in index order)."""
-    return values.abs().argsort(descending=True, stable=True)
-
-
-def learned_ranking(model: SparseTransformer, circuit: Circuit, pairs: PrunePairs) -> Tensor:
-    """Units in the order the pruning run that found `circuit` ranked them (score, then its tiebreak)."""
-    masks = trained_node_masks(model, circuit)
-    with frozen(model):
-        masks.tiebreak = unit_attribution(model, masks, pairs.selection)
-    return masks.ranking()
-
-
-def attribution_pairs(pairs: PrunePairs) -> TaskBatch:
-    """The training pairs attribution is measured on, as many as the selection set holds: like the masks, it
-    learns from training pairs; selection pairs choose k and test pairs report, for both methods."""
-    return select_rows(pairs.train, torch.arange(min(len(pairs.train), len(pairs.selection))))
-
-
-class RankedSearch:
-    """The pruner's search (smallest sufficient top-k on selection pairs) and calibration over any ranking of
-    units, reported on test pairs. The selection loss of each k is computed once, so many targets are cheap."""
-
-    def __init__(self, model: SparseTransformer, circuit: Circuit, pairs: PrunePairs, ranking: Tensor):
-        self.masks = trained_node_masks(model, circuit)
-        self.cfg = pruning_config(circuit)
-        self.ranking = ranking
-        self.selection = MaskedEvaluator(model, self.masks, pairs.selection)
-        self.test = MaskedEvaluator(model, self.masks, pairs.test)
-        self.selection_losses: dict[int, float] = {}
-
-    def top(self, k: int) -> dict[str, Tensor]:
-        return self.masks.node_masks(self.ranking[:k])
-
-    def selection_loss(self, k: int) -> float:
-        if k not in self.selection_losses:
-            self.selection_losses[k] = self.selection.fit(self.top(k))[0]
-        return self.selection_losses[k]
-
-    def point(self, target_loss: float) -> tuple[int, dict[str, Tensor], Calibration, float]:
-        """(units, node masks, calibration, calibrated test loss) of the fewest top units whose calibrated
-        selection loss reaches `target_loss` less the selection margin, as the pruner chooses."""
-        target = target_loss * (1 - self.cfg.selection_margin)
-        k = smallest_sufficient(self.selection_loss, target, self.masks.n_units, self.cfg.scan_ratio)
-        node_masks = self.top(k)
-        calibration = self.selection.fit(node_masks)[1]
-        return k, node_masks, calibration, self.test.loss(node_masks, calibration)
+def choose(masks: NodeMasks, selection: MaskedEvaluator, cfg: PruneConfig) -> tuple[dict[str, Tensor], dict]:
+    """The pruner's stages 2 and 4 over `masks`' ranking (`prune.search_units`, node cleanup as `cfg` says):
+    the chosen node masks and what the search found."""
+    units, found = search_units(masks, selection, cfg)
+    return masks.node_masks(torch.tensor(units, dtype=torch.long)), found
 
 
 def attribution_circuit(
-    model: SparseTransformer, learned: Circuit, pairs: PrunePairs, target_loss: float | None = None
+    model: SparseTransformer,
+    learned: Circuit,
+    pairs: PrunePairs,
+    target_loss: float | None = None,
+    cleanup: bool = False,
 ) -> Circuit:
     """The Figure 31 baseline's circuit: the fewest top units by |attribution| with every node kept that reach
-    `target_loss` (default: the learned circuit's target), calibrated as the pruner calibrates. `learned` and
-    `pairs` are a pruning run's, so both methods share pairs, ablation constants and search settings. The
-    circuit's `scores` are the |attributions|, so `prune.loss_vs_nodes` follows the attribution order."""
+    `target_loss` (default: the learned circuit's), calibrated as the pruner calibrates; with `cleanup`, the
+    pruner's greedy node cleanup too (the paper's baseline has none). `learned` and `pairs` are a pruning run's,
+    so both methods share pairs, ablation constants and search settings. The circuit's `scores` are the
+    |attributions|, so `prune.loss_vs_nodes` follows the attribution order."""
     target_loss = learned.target_loss if target_loss is None else target_loss
-    attribution = all_kept_attribution(model, learned, attribution_pairs(pairs))
+    cfg = dataclasses.replace(pruning_config(learned), target_loss=target_loss, cleanup=cleanup)
+    masks = attribution_masks(model, learned, pairs)
     with frozen(model):
-        search = RankedSearch(model, learned, pairs, by_magnitude(attribution))
-        k, node_masks, calibration, test_loss = search.point(target_loss)
-        per_node = attribution.abs()[search.masks.unit_of].split([mask.numel() for mask in node_masks.values()])
+        selection, test = MaskedEvaluator(model, masks, pairs.selection), MaskedEvaluator(model, masks, pairs.test)
+        node_masks, found = choose(masks, selection, cfg)
+        selection_loss, calibration = selection.fit(node_masks)
+        per_node = masks.tiebreak[masks.unit_of].split([mask.numel() for mask in node_masks.values()])
         bool_masks = {name: mask.bool() for name, mask in node_masks.items()}
         return Circuit(
             task_name=learned.task_name,
@@ -249,17 +226,17 @@ def attribution_circuit(
             ablation_values=learned.ablation_values,
             ablation=learned.ablation,
             target_loss=target_loss,
-            task_loss=test_loss,
+            task_loss=test.loss(node_masks, calibration),
             full_model_loss=learned.full_model_loss,  # both measured on the same test pairs
             ablated_model_loss=learned.ablated_model_loss,
-            necessity_loss=search.test.loss(node_masks, invert=True),
+            necessity_loss=test.loss(node_masks, invert=True),
             edges=circuit_edges(model, bool_masks),
             scores={name: part.view_as(mask) for (name, mask), part in zip(node_masks.items(), per_node, strict=True)},
-            config={**learned.config, "ranking": "attribution"},
+            config={**dataclasses.asdict(cfg), "ranking": "attribution"},
             calibration=calibration,
-            selection_loss=search.selection_loss(k),
-            uncalibrated_loss=search.test.loss(node_masks),
-            search={"units": k, "nodes": int(sum(mask.sum() for mask in node_masks.values()))},
+            selection_loss=selection_loss,
+            uncalibrated_loss=test.loss(node_masks),
+            search=found,
         )
 
 
@@ -270,25 +247,23 @@ def edges_vs_loss(
     for each method and target loss, the smallest top-k of the method's ranking that reaches the target on
     selection pairs, its nodes, edges, and calibrated loss on test pairs. No cleanup for either: this compares the
     rankings. `learned` and `pairs` are one pruning run's (the learned ranking is the one its search used)."""
-    rankings = {
-        "learned": learned_ranking(model, learned, pairs),
-        "attribution": by_magnitude(all_kept_attribution(model, learned, attribution_pairs(pairs))),
-    }
+    methods = {"learned": learned_masks(model, learned, pairs), "attribution": attribution_masks(model, learned, pairs)}
+    cfg = dataclasses.replace(pruning_config(learned), cleanup=False)
     rows = []
     with frozen(model):
-        for method, ranking in rankings.items():
-            search = RankedSearch(model, learned, pairs, ranking)
+        for method, masks in methods.items():
+            selection, test = MaskedEvaluator(model, masks, pairs.selection), MaskedEvaluator(model, masks, pairs.test)
             for target in target_losses:
-                k, node_masks, _, test_loss = search.point(target)
-                bool_masks = {name: mask.bool() for name, mask in node_masks.items()}
+                node_masks, found = choose(masks, selection, dataclasses.replace(cfg, target_loss=target))
+                calibration = selection.fit(node_masks)[1]
                 rows.append(
                     {
                         "method": method,
                         "target_loss": target,
-                        "units": k,
-                        "nodes": int(sum(mask.sum() for mask in bool_masks.values())),
-                        "edges": len(circuit_edges(model, bool_masks)),
-                        "test_loss": test_loss,
+                        "units": found["units"],
+                        "nodes": found["nodes"],
+                        "edges": len(circuit_edges(model, {name: mask.bool() for name, mask in node_masks.items()})),
+                        "test_loss": test.loss(node_masks, calibration),
                     }
                 )
     return pd.DataFrame(rows)
