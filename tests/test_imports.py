@@ -24,7 +24,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("build", "plotting", "explorer"),  # build: the snapshot, tokenizer and token stream files
     ("corpus",),  # reading the token streams
     ("prune", "train", "evaluate", "handbook"),
-    ("search",),  # runs prune in worker processes
+    ("search", "controls"),  # each runs the pruner (search: in worker processes)
     ("make_circuits",),  # the command that makes data/circuits/
     ("circuitlab",),  # the package's own __init__
 )

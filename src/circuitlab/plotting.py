@@ -6,6 +6,7 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 import networkx as nx
+import pandas as pd
 
 from circuitlab.circuit import Circuit, Node, sublayer_order
 from circuitlab.paths import FIGURES_DIR
@@ -90,6 +91,24 @@ def draw_circuit(circuit: Circuit, ax: plt.Axes | None = None, title: str | None
         title
         or f"{circuit.task_name}: {summary['nodes']} nodes, {summary['edges']} edges, loss {summary['task_loss']:.3f}"
     )
+    return ax
+
+
+def plot_edges_vs_loss(table: pd.DataFrame, ax: plt.Axes | None = None) -> plt.Axes:
+    """Circuit edges against held-out loss, one line per method (a `controls.edges_vs_loss` table; the paper's
+    Figure 31): further left at the same height is a smaller circuit for the same loss. Dotted: the targets."""
+    if ax is None:
+        _, ax = plt.subplots(figsize=(5.5, 4))
+    for method, rows in table.groupby("method", sort=False):
+        rows = rows.sort_values("target_loss")
+        ax.plot(rows.edges, rows.test_loss, "o-", label=f"{method} pruning")
+    for target in table.target_loss.unique():
+        ax.axhline(target, color="grey", linestyle=":", linewidth=0.8)
+    ax.set_xscale("symlog", linthresh=1)  # symlog: a circuit of 0 edges stays on the plot
+    ax.set_yscale("log")
+    ax.set_xlabel("edges in the circuit")
+    ax.set_ylabel("task loss on held-out pairs")
+    ax.legend()
     return ax
 
 

@@ -351,13 +351,22 @@ def same_rest(rest: str, first: str, second: str) -> tuple[Instance, Instance]:
 # ------------------------------------------------------------------------------------------------ controls
 
 
+def relabelled(task: Task, swap: Callable[[str], bool], name: str, description: str) -> Task:
+    """``task``'s contrast pairs with their answers swapped wherever ``swap(first prompt of the pair)`` holds:
+    the same prompts, answered by a rule of our choosing (the base of the nonsense controls)."""
+
+    def sampler(rng: random.Random) -> tuple[Instance, Instance]:
+        first, second = task.sampler(rng)
+        return (second, first) if swap(first.prompt) else (first, second)
+
+    return Task(name, description, task.candidates, sampler)
+
+
 def with_random_labels(task: Task, seed: int = 0) -> Task:
     """A nonsense control: the same prompts as ``task``, but which prompt of a pair is answered by which
     candidate is a coin flip, so no mechanism in any model can solve it beyond chance on held-out pairs."""
 
-    def sampler(rng: random.Random) -> tuple[Instance, Instance]:
-        first, second = task.sampler(rng)
-        flip = hashlib.sha1(f"{seed}/{first.prompt}".encode()).digest()[0] % 2
-        return (second, first) if flip else (first, second)
+    def coin(prompt: str) -> bool:
+        return hashlib.sha1(f"{seed}/{prompt}".encode()).digest()[0] % 2 == 1
 
-    return Task(f"{task.name}_random_labels", f"{task.description} (labels randomised)", task.candidates, sampler)
+    return relabelled(task, coin, f"{task.name}_random_labels", f"{task.description} (labels randomised)")
