@@ -70,18 +70,6 @@ def random_model(model: SparseTransformer, seed: int | None = None) -> SparseTra
     return untrained
 
 
-def pruning_config(circuit: Circuit) -> PruneConfig:
-    """The `PruneConfig` of the run that found `circuit` (a circuit's config may hold more, e.g. its run time)."""
-    return PruneConfig(**{k: v for k, v in circuit.config.items() if k in PruneConfig.__dataclass_fields__})
-
-
-def trained_node_masks(model: SparseTransformer, circuit: Circuit) -> NodeMasks:
-    """The `NodeMasks` of the pruning run that found `circuit`: its config, ablation constants and trained scores."""
-    masks = NodeMasks(model, circuit.ablation_values, pruning_config(circuit))
-    masks.load_scores(circuit.scores)
-    return masks
-
-
 @dataclass(frozen=True)
 class MaskEvaluation:
     """Held-out losses (test pairs; calibrations fitted on selection pairs) of what a pruning run trained."""
@@ -96,7 +84,7 @@ class MaskEvaluation:
 def evaluate_trained_masks(model: SparseTransformer, circuit: Circuit, pairs: PrunePairs) -> MaskEvaluation:
     """Judge the masks a pruning run trained (τ > 0), not only the circuit its search chose, on the run's held-out
     pairs. Prune with `skip_unsolved=False` so masks are trained even where the full model misses the target."""
-    masks = trained_node_masks(model, circuit)
+    masks = NodeMasks.of_circuit(model, circuit)
     trained = masks.node_masks((masks.unit_scores() > 0).nonzero().flatten())
     tail = [step["task_loss"] for step in circuit.history[-max(1, len(circuit.history) // 10) :]]
     with frozen(model):
@@ -171,7 +159,7 @@ def control_table(runs: dict[str, ControlRun]) -> pd.DataFrame:
 def learned_masks(model: SparseTransformer, circuit: Circuit, pairs: PrunePairs) -> NodeMasks:
     """The masks of the pruning run that found `circuit`, ranked as its search ranked them: by trained score,
     ties broken by the attribution at the trained mask on the selection pairs."""
-    masks = trained_node_masks(model, circuit)
+    masks = NodeMasks.of_circuit(model, circuit)
     with frozen(model):
         masks.tiebreak = unit_attribution(model, masks, pairs.selection)
     return masks
@@ -182,7 +170,7 @@ def attribution_masks(model: SparseTransformer, circuit: Circuit, pairs: PrunePa
     kept: per unit, (activation − ablation value) · ∂loss/∂activation summed over positions and averaged over
     prompts (`unit_attribution` with every mask at 1). Measured, like the masks are learned, on training pairs
     (as many as the selection set holds), with `circuit`'s ablation constants."""
-    masks = trained_node_masks(model, circuit)
+    masks = NodeMasks.of_circuit(model, circuit)
     with torch.no_grad():
         for score in masks.scores:
             score.fill_(1.0)
@@ -212,7 +200,7 @@ def attribution_circuit(
     so both methods share pairs, ablation constants and search settings. The circuit's `scores` are the
     |attributions|, so `prune.loss_vs_nodes` follows the attribution order."""
     target_loss = learned.target_loss if target_loss is None else target_loss
-    cfg = dataclasses.replace(pruning_config(learned), target_loss=target_loss, cleanup=cleanup)
+    cfg = dataclasses.replace(PruneConfig.of_circuit(learned), target_loss=target_loss, cleanup=cleanup)
     masks = attribution_masks(model, learned, pairs)
     with frozen(model):
         selection, test = MaskedEvaluator(model, masks, pairs.selection), MaskedEvaluator(model, masks, pairs.test)
@@ -248,7 +236,7 @@ def edges_vs_loss(
     selection pairs, its nodes, edges, and calibrated loss on test pairs. No cleanup for either: this compares the
     rankings. `learned` and `pairs` are one pruning run's (the learned ranking is the one its search used)."""
     methods = {"learned": learned_masks(model, learned, pairs), "attribution": attribution_masks(model, learned, pairs)}
-    cfg = dataclasses.replace(pruning_config(learned), cleanup=False)
+    cfg = dataclasses.replace(PruneConfig.of_circuit(learned), cleanup=False)
     rows = []
     with frozen(model):
         for method, masks in methods.items():

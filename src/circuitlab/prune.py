@@ -85,6 +85,11 @@ class PruneConfig:
             },
         )
 
+    @classmethod
+    def of_circuit(cls, circuit: Circuit) -> PruneConfig:
+        """The config of the pruning run that found `circuit` (checked like any other settings)."""
+        return settings.build(cls, circuit.config, source=f"the {circuit.task_name} circuit's config")
+
     @property
     def search_target(self) -> float:
         return self.target_loss * (1 - self.selection_margin)
@@ -114,8 +119,7 @@ class PrunePairs:
 
 def report_pairs(circuit: Circuit, task: Task, tokenizer, n_ctx: int | None = None) -> TaskBatch:
     """The held-out test pairs `circuit`'s losses were reported on: pairs that chose nothing in its pruning."""
-    cfg = settings.build(PruneConfig, circuit.config, source=f"the {circuit.task_name} circuit's config")
-    return PrunePairs.from_task(task, tokenizer, cfg, n_ctx).test
+    return PrunePairs.from_task(task, tokenizer, PruneConfig.of_circuit(circuit), n_ctx).test
 
 
 class HeavisideSigmoidGrad(torch.autograd.Function):
@@ -248,6 +252,13 @@ class NodeMasks(nn.Module):
     def highest(self, k: int) -> dict[str, Tensor]:
         """Node masks keeping the k highest-ranked units."""
         return self.node_masks(self.ranking()[:k])
+
+    @classmethod
+    def of_circuit(cls, model: SparseTransformer, circuit: Circuit) -> NodeMasks:
+        """The masks of the pruning run that found `circuit`: its config, ablation constants and trained scores."""
+        masks = cls(model, circuit.ablation_values, PruneConfig.of_circuit(circuit))
+        masks.load_scores(circuit.scores)
+        return masks
 
     def load_scores(self, saved: dict[str, Tensor]) -> None:
         """Copy saved per-hook scores in (matched by hook name, so the order they were saved in is irrelevant)."""
@@ -394,6 +405,7 @@ def prune_targets(
         selection = MaskedEvaluator(model, masks, pairs.selection)
         test = MaskedEvaluator(model, masks, pairs.test)
         full_model_loss = test.loss(None)
+        ablated_model_loss = test.loss(masks.node_masks(torch.tensor([], dtype=torch.long)))
         history: list[dict] = []
         if full_model_loss <= max(targets) or not cfg.skip_unsolved:
             history = train_masks(model, masks, pairs.train, cfg, progress, desc=f"prune {task_name}")
@@ -421,7 +433,7 @@ def prune_targets(
                 target_loss=target,
                 task_loss=task_loss_value,
                 full_model_loss=full_model_loss,
-                ablated_model_loss=test.loss(masks.node_masks(torch.tensor([], dtype=torch.long))),
+                ablated_model_loss=ablated_model_loss,
                 necessity_loss=test.loss(node_masks, invert=True),
                 edges=circuit_edges(model, bool_masks, removed_edges),
                 scores={name: masks.scores[masks.param_of[name]].detach().clone() for name in masks.names},
@@ -543,8 +555,6 @@ def sample_pretraining_tokens(model: SparseTransformer, n_rows: int, seed: int) 
 @torch.no_grad()
 def loss_vs_nodes(model: SparseTransformer, circuit: Circuit, batch: TaskBatch, ks: list[int]) -> list[float]:
     """Uncalibrated task loss when keeping the `k` highest-scoring nodes of `circuit`'s pruning run, for each k."""
-    cfg = PruneConfig(**{k: v for k, v in circuit.config.items() if k in PruneConfig.__dataclass_fields__})
-    masks = NodeMasks(model, circuit.ablation_values, cfg)
-    masks.load_scores(circuit.scores)
+    masks = NodeMasks.of_circuit(model, circuit)
     evaluator = MaskedEvaluator(model, masks, batch)
     return [evaluator.loss(masks.highest(k)) for k in ks]
