@@ -75,12 +75,21 @@ def as_saved_before_configs_were_recorded(directory) -> None:
     save_file(state, directory / "model.safetensors", metadata=metadata)
 
 
-def test_the_shipped_checkpoints_load_without_a_recorded_config():
+def test_the_shipped_checkpoints_record_the_config_they_were_made_with():
     for name in ("sparse", "dense"):
         with safe_open(CHECKPOINTS_DIR / name / "model.safetensors", framework="pt") as handle:
-            assert "config" not in handle.metadata()
+            recorded = json.loads(handle.metadata()["config"])
         model = SparseTransformer.from_pretrained(CHECKPOINTS_DIR / name)
+        assert recorded == json.loads((CHECKPOINTS_DIR / name / "config.json").read_text())
         assert model.tokenizer.get_vocab_size() <= model.cfg.d_vocab
+
+
+def test_a_checkpoint_saved_before_configs_were_recorded_still_loads(tmp_path, tiny_model):
+    tiny_model.save_pretrained(tmp_path)
+    as_saved_before_configs_were_recorded(tmp_path)
+    loaded = SparseTransformer.from_pretrained(tmp_path)
+    tokens = torch.randint(0, tiny_model.cfg.d_vocab, (2, 8))
+    torch.testing.assert_close(loaded(tokens), tiny_model(tokens))
 
 
 def test_a_config_from_another_model_is_refused_by_name(tmp_path, tiny_config):

@@ -31,7 +31,7 @@ def test_circuits_are_saved_and_kept_on_rerun(checkpoint, tmp_path, capsys):
 def test_size_table_has_a_row_per_target_and_resumes(checkpoint, tmp_path, capsys):
     table = tmp_path / "sizes.csv"
     args = ["--model", str(checkpoint), "--targets", "0.1", "0.3", "--table", str(table), "--tasks", "if_equals"]
-    main([*args, "--set", *SMALL])
+    main([*args, "if_equals", "--set", *SMALL])  # a task named twice is measured once
     rows = list(csv.DictReader(table.open()))
     assert tuple(rows[0]) == TABLE_COLUMNS
     assert [(r["task"], float(r["target_loss"])) for r in rows] == [("if_equals", 0.1), ("if_equals", 0.3)]

@@ -45,7 +45,7 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, dict]:
         PruneConfig(**overrides)
     except settings.SettingsError as err:
         parser.error(str(err))
-    args.tasks = args.tasks or tasks.names()
+    args.tasks = list(dict.fromkeys(args.tasks or tasks.names()))  # a name given twice is pruned once
     unknown = [name for name in args.tasks if name not in tasks.names()]
     if unknown:  # every name is checked before anything is pruned
         parser.error(f"--tasks: no task named {', '.join(map(repr, unknown))}; tasks: {', '.join(tasks.names())}")
