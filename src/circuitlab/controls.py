@@ -15,6 +15,7 @@ constants (`attribution_circuit`, `edges_vs_loss`): `prune.search_units` over ei
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -116,11 +117,21 @@ def run_controls(
     cfg: PruneConfig | None = None,
     *,
     pretraining_tokens: Tensor | None = None,
+    method: Circuit | None = None,
     progress: bool = False,
     **overrides,
 ) -> dict[str, ControlRun]:
     """Prune `task` four ways, masks trained every time: the method as configured, zero ablation, a random
-    model (`random_model`) and the nonsense task (`nonsense_task`). The last two should stay at chance."""
+    model (`random_model`) and the nonsense task (`nonsense_task`). The last two should stay at chance.
+    `method`: a circuit already pruned on `model` and `task` (e.g. a shipped one), which then stands for the
+    method's run and sets `cfg` (its pairs are rebuilt from its config, not pruned again)."""
+    if method is not None:
+        if method.task_name != task.name or cfg is not None or overrides:
+            raise ValueError(
+                f"method: a circuit of {method.task_name!r} for the task {task.name!r}, with no cfg or overrides "
+                "(its own config is the method's); pass either a circuit of this task or a config"
+            )
+        cfg = PruneConfig.of_circuit(method)
     cfg = PruneConfig(**{**dataclasses.asdict(cfg or PruneConfig()), **overrides, "skip_unsolved": False})
     if pretraining_tokens is None:
         pretraining_tokens = sample_pretraining_tokens(model, PRETRAINING_ROWS, cfg.seed)
@@ -130,12 +141,14 @@ def run_controls(
         "random model": (random_model(model), task, cfg),
         "nonsense task": (model, nonsense_task(task), cfg),
     }
+    run = functools.partial(prune, pretraining_tokens=pretraining_tokens, progress=progress)
     runs = {}
     for label, (subject, subject_task, subject_cfg) in variants.items():
         pairs = PrunePairs.from_task(subject_task, model.tokenizer, subject_cfg, n_ctx=model.cfg.n_ctx)
-        circuit = prune(
-            subject, subject_task, subject_cfg, pairs=pairs, pretraining_tokens=pretraining_tokens, progress=progress
-        )
+        if method is not None and (subject, subject_task, subject_cfg) == (model, task, cfg):
+            circuit = method  # the method's own run, pruned before
+        else:
+            circuit = run(subject, subject_task, subject_cfg, pairs=pairs)
         runs[label] = ControlRun(circuit, pairs, evaluate_trained_masks(subject, circuit, pairs))
     return runs
 
