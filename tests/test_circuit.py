@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from circuitlab.circuit import Circuit, Node, circuit_edges, edges_ablated, parse_hook, size_comparison
+from circuitlab.circuit import Circuit, Node, circuit_edges, edges_ablated, parse_hook
 from circuitlab.config import SparseTransformerConfig
 from circuitlab.model import SparseTransformer
 from circuitlab.prune import ablation_values, node_shapes
@@ -117,29 +117,6 @@ def test_save_and_load_round_trip(model, batch, tmp_path):
         circuit.save(tmp_path / "c")
     with pytest.raises(FileNotFoundError, match="not a saved circuit"):
         Circuit.load(tmp_path / "missing")
-
-
-def counted_circuit(name: str, n_nodes: int, n_edges: int, task_loss: float) -> Circuit:
-    mask = torch.zeros(64, dtype=torch.bool)
-    mask[:n_nodes] = True
-    return Circuit(name, {"blocks.0.mlp.hook_post": mask}, {}, "mean", 0.15, task_loss, 0.0, 0.7, saved_n_edges=n_edges)
-
-
-def test_size_comparison_is_the_geometric_mean_over_tasks_both_models_solve():
-    sparse = {
-        "a": counted_circuit("a", 2, 10, 0.1),
-        "b": counted_circuit("b", 4, 20, 0.1),
-        "c": counted_circuit("c", 1, 1, 0.1),
-    }
-    dense = {
-        "a": counted_circuit("a", 8, 40, 0.1),
-        "b": counted_circuit("b", 8, 1280, 0.1),
-        "c": counted_circuit("c", 64, 9, 0.5),
-    }
-    table, ratio = size_comparison(sparse, dense)
-    assert list(table.solved) == [True, True, False]  # the dense model misses the target on "c"
-    assert list(table.edge_ratio) == [4.0, 64.0, 9.0] and list(table.node_ratio) == [4.0, 2.0, 64.0]
-    assert ratio == pytest.approx(16.0)  # sqrt(4 * 64): "c" is left out
 
 
 def test_ranked_nodes_put_the_highest_pruning_score_first(model, batch):

@@ -21,11 +21,11 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("sparsity", "model", "tasks.harvest"),
     ("compat", "tasks"),
     ("synthetic", "circuit"),
-    ("build", "plotting", "explorer"),  # build: the snapshot, tokenizer and token stream files
+    ("build", "plotting", "explorer", "compare"),  # build: the snapshot, tokenizer and token stream files
     ("corpus",),  # reading the token streams
     ("prune", "train", "evaluate", "handbook"),
     ("search", "controls"),  # each runs the pruner (search: in worker processes)
-    ("make_circuits",),  # the command that makes data/circuits/
+    ("make_circuits", "make_controls"),  # the commands that make data/circuits/ and data/controls/
     ("circuitlab",),  # the package's own __init__
 )
 """A module may import only from a layer below its own."""

@@ -28,8 +28,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
-import numpy as np
-import pandas as pd
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
@@ -471,29 +469,3 @@ def load_circuits(directory: str | Path, model: SparseTransformer | None = None)
     return {
         path.parent.name: Circuit.load(path.parent, model) for path in sorted(Path(directory).glob("*/circuit.json"))
     }
-
-
-def size_comparison(sparse: dict[str, Circuit], dense: dict[str, Circuit]) -> tuple[pd.DataFrame, float]:
-    """Nodes and edges per task for two models, and the geometric mean of dense/sparse edge ratios over
-    the tasks both models' circuits solve (task loss at most the target)."""
-    rows = []
-    for name in sorted(set(sparse) & set(dense)):
-        s, d = sparse[name], dense[name]
-        rows.append(
-            {
-                "task": name,
-                "sparse_nodes": s.n_nodes,
-                "sparse_edges": s.n_edges,
-                "dense_nodes": d.n_nodes,
-                "dense_edges": d.n_edges,
-                "solved": s.task_loss <= s.target_loss and d.task_loss <= d.target_loss,
-            }
-        )
-    table = pd.DataFrame(rows)
-    if table.empty:
-        return table, float("nan")
-    table["node_ratio"] = table.dense_nodes / table.sparse_nodes.clip(lower=1)
-    table["edge_ratio"] = table.dense_edges / table.sparse_edges.clip(lower=1)
-    solved = table[table.solved]
-    ratio = float(np.exp(np.log(solved.edge_ratio).mean())) if len(solved) else float("nan")
-    return table, ratio

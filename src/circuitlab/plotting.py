@@ -167,6 +167,21 @@ def plot_size_comparison(table, ratio: float, target: float, ax: plt.Axes | None
     return ax
 
 
+def plot_size_vs_target(summary: pd.DataFrame, ax: plt.Axes | None = None) -> plt.Axes:
+    """The paper's Figure 2: geometric-mean circuit edges (x) against the target loss (y), one line per model
+    (a `compare.size_vs_target` summary); each point is labelled with the number of tasks it averages over."""
+    if ax is None:
+        _, ax = plt.subplots(figsize=(5.5, 4))
+    for column in [c for c in summary.columns if c.endswith(" edges")]:
+        ax.plot(summary[column], summary.index, "o-", label=column.removesuffix(" edges"))
+        for target, edges, n in zip(summary.index, summary[column], summary.tasks, strict=True):
+            ax.annotate(f"{n}", (edges, target), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    ax.set(xscale="log", yscale="log", xlabel="circuit edges (geometric mean over tasks)", ylabel="target loss")
+    ax.set_title("circuit size against target loss (labels: tasks averaged)")
+    ax.legend()
+    return ax
+
+
 # -------------------------------------------------------------------------------------------- training (01)
 
 

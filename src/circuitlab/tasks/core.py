@@ -258,8 +258,9 @@ def _candidate_logits(logits: Tensor, batch: TaskBatch) -> tuple[Tensor, Tensor]
 def task_loss(logits: Tensor, batch: TaskBatch, reduction: str = "mean") -> Tensor:
     """Binary cross-entropy over the two candidate logits at each prompt's last position.
 
-    Per prompt: ``-log softmax([target, alternative])[0]``. The paper's loss sums a pair's two prompts, i.e. it
-    is twice the "mean" here. ``reduction`` is "mean", "sum" or "none" (per prompt, shape [n]).
+    Per prompt: ``-log softmax([target, alternative])[0]``. The paper's task datapoint is a pair (a positive and a
+    negative sequence, its Appendix A.5) and its text does not say whether the loss is summed over the pair; if it
+    is, the paper's loss is twice the "mean" here. ``reduction`` is "mean", "sum" or "none" (per prompt, shape [n]).
     """
     target, alternative = _candidate_logits(logits, batch)
     per_prompt = torch.nn.functional.softplus(alternative - target)

@@ -1,0 +1,78 @@
+"""Circuits compared: one task in two models, one task over seeds of the pruner, and circuit size against the
+target loss (the paper's Figure 2). Sizes are averaged over tasks as the paper does, by a geometric mean."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from circuitlab.circuit import Circuit
+
+
+def geometric_mean(values) -> float:
+    values = np.asarray(values, dtype=float)
+    return float(np.exp(np.log(values).mean())) if len(values) else float("nan")
+
+
+def size_comparison(sparse: dict[str, Circuit], dense: dict[str, Circuit]) -> tuple[pd.DataFrame, float]:
+    """Nodes and edges per task for two models, and the geometric mean of dense/sparse edge ratios over
+    the tasks both models' circuits solve (task loss at most the target)."""
+    rows = []
+    for name in sorted(set(sparse) & set(dense)):
+        s, d = sparse[name], dense[name]
+        rows.append(
+            {
+                "task": name,
+                "sparse_nodes": s.n_nodes,
+                "sparse_edges": s.n_edges,
+                "dense_nodes": d.n_nodes,
+                "dense_edges": d.n_edges,
+                "solved": s.task_loss <= s.target_loss and d.task_loss <= d.target_loss,
+            }
+        )
+    table = pd.DataFrame(rows)
+    if table.empty:
+        return table, float("nan")
+    table["node_ratio"] = table.dense_nodes / table.sparse_nodes.clip(lower=1)
+    table["edge_ratio"] = table.dense_edges / table.sparse_edges.clip(lower=1)
+    return table, geometric_mean(table[table.solved].edge_ratio)
+
+
+def seed_spread(runs: dict[str, dict[str, Circuit]]) -> pd.DataFrame:
+    """One row per task pruned in every run (`runs`: label -> task -> circuit, e.g. one label per seed): each run's
+    nodes, edges and held-out loss, the largest over the smallest size, and whether every run met its target."""
+    labels = list(runs)
+    shared = sorted(set.intersection(*(set(circuits) for circuits in runs.values()))) if runs else []
+    rows = []
+    for task in shared:
+        circuits = [runs[label][task] for label in labels]
+        row: dict[str, object] = {"task": task}
+        for label, circuit in zip(labels, circuits, strict=True):
+            row |= {f"{label} nodes": circuit.n_nodes, f"{label} edges": circuit.n_edges}
+            row[f"{label} loss"] = round(circuit.task_loss, 4)
+        nodes, edges = [c.n_nodes for c in circuits], [c.n_edges for c in circuits]
+        row["node_ratio"] = max(nodes) / max(1, min(nodes))
+        row["edge_ratio"] = max(edges) / max(1, min(edges))
+        row["all_hold"] = all(c.task_loss <= c.target_loss for c in circuits)
+        rows.append(row)
+    return pd.DataFrame(rows).set_index("task") if rows else pd.DataFrame()
+
+
+def size_vs_target(table: pd.DataFrame) -> pd.DataFrame:
+    """The paper's Figure 2 from a `make_circuits --targets` table (one row per model, task and target): for each
+    target, the tasks every model's full model solves (held-out loss at most the target), the geometric-mean
+    edges of each model's circuits over them, and each model's ratio to the first model listed (e.g. dense /
+    sparse when the sparse model's rows come first). One row per target loss."""
+    models = list(dict.fromkeys(table.model))
+    rows = []
+    for target, at_target in table.groupby("target_loss", sort=True):
+        solved = at_target.pivot(index="task", columns="model", values="full_model_loss").le(target).all(axis=1)
+        tasks = sorted(solved[solved].index)
+        edges = at_target[at_target.task.isin(tasks)].pivot(index="task", columns="model", values="edges")
+        mean = {model: geometric_mean(edges[model]) if model in edges else float("nan") for model in models}
+        rows.append(
+            {"target_loss": target, "tasks": len(tasks)}
+            | {f"{model} edges": mean[model] for model in models}
+            | {f"{model} / {models[0]}": mean[model] / mean[models[0]] for model in models[1:]}
+        )
+    return pd.DataFrame(rows).set_index("target_loss")
