@@ -21,7 +21,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("sparsity", "model", "tasks.harvest"),
     ("compat", "tasks"),
     ("synthetic", "circuit"),
-    ("build", "plotting", "explorer", "compare"),  # build: the snapshot, tokenizer and token stream files
+    ("build", "plotting", "explorer", "compare", "printout"),  # build: the snapshot, tokenizer and token stream files
     ("corpus",),  # reading the token streams
     ("prune", "train", "evaluate", "handbook"),
     ("search", "controls"),  # each runs the pruner (search: in worker processes)
