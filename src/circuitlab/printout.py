@@ -90,7 +90,7 @@ def unembedding_line(model: SparseTransformer, circuit: Circuit, candidates: tup
     """How each residual channel the circuit writes moves the logit difference between the two candidates:
     the unembedding's difference times the final norm's weight (before the norm's scale, shared by all)."""
     writes = sorted({n.index for n in circuit.nodes if n.location in ("attn_write", "mlp_write")})
-    W_U, gain = model.unembed.W_U.detach(), model.ln_final.w.detach()
+    W_U, gain = model.unembed.W_U.detach(), model.ln_final.get_parameter("w").detach()
     direction = (W_U[:, candidates[0]] - W_U[:, candidates[1]]) * gain
     terms = [(direction[channel].item(), f"resid.{channel}") for channel in writes]
     first, second = (repr(model.tokenizer.decode([token])) for token in candidates)
