@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True, help="checkpoint folder, e.g. data/checkpoints/sparse")
     parser.add_argument("--circuit", required=True, help="a circuit pruned on --model, e.g. data/circuits/sparse/X")
-    parser.add_argument("--out", required=True, help="folder for controls.csv and edges_vs_loss.csv")
+    parser.add_argument("--out", required=True, help="folder for controls.csv and edges_vs_loss.csv (data/controls/X)")
     parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's own choice)")
     args = parser.parse_args(argv)
     if args.threads:

@@ -10,3 +10,4 @@ FIGURES_DIR = Path(os.environ.get(FIGURES_ENV, REPO_ROOT / "figures"))
 CACHE_DIR = DATA_DIR / "cache"  # derived files (token streams), git-ignored
 CHECKPOINTS_DIR = DATA_DIR / "checkpoints"
 CIRCUITS_DIR = DATA_DIR / "circuits"
+CONTROLS_DIR = DATA_DIR / "controls"  # the controls and the attribution baseline (make_controls)
