@@ -36,10 +36,11 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from circuitlab.checkpoint import write_atomic, write_text_atomic
-from circuitlab.model import NODE_LOCATIONS, SparseTransformer
+from circuitlab.model import HEAD_LOCATIONS, NODE_LOCATIONS, SparseTransformer
 from circuitlab.tasks import task_loss
 
 LOCATION_OF_HOOK = {template.split("{layer}.")[1]: location for location, template in NODE_LOCATIONS.items()}
+LOCATION_RANK = {location: rank for rank, location in enumerate(NODE_LOCATIONS)}  # forward-pass order
 READ_LOCATIONS = ("attn_read", "mlp_read")
 WRITE_LOCATIONS = ("attn_write", "mlp_write")
 CIRCUIT_FORMAT_VERSION = 3
@@ -79,27 +80,18 @@ def parse_hook(name: str) -> tuple[int, str]:
 
 
 def sublayer_order(node: Node) -> float:
-    """Position along the forward pass: attention reads < q,k,v < attention writes < MLP reads < ..."""
-    order = ["attn_read", "q", "k", "v", "attn_write", "mlp_read", "mlp_neuron", "mlp_write"]
-    return node.layer * len(order) + order.index(node.location)
+    """Position along the forward pass: layer by layer, the node locations in `NODE_LOCATIONS`' order."""
+    return node.layer * len(NODE_LOCATIONS) + LOCATION_RANK[node.location]
 
 
 def node_shapes(model: SparseTransformer) -> dict[str, tuple[int, ...]]:
-    """Hook name -> shape of its node mask (the trailing, per-channel dims of the activation)."""
+    """Hook name -> shape of its node mask (the trailing, per-channel dims of the activation): [n_heads, d_head]
+    at q, k and v, [d_mlp] at the MLP neurons, [d_model] at the residual reads and writes."""
     cfg = model.cfg
     assert cfg.d_mlp is not None, "the config sets d_mlp (4 * d_model by default) when it is built"
-    widths = {
-        "attn_read": (cfg.d_model,),
-        "q": (cfg.n_heads, cfg.d_head),
-        "k": (cfg.n_heads, cfg.d_head),
-        "v": (cfg.n_heads, cfg.d_head),
-        "attn_write": (cfg.d_model,),
-        "mlp_read": (cfg.d_model,),
-        "mlp_neuron": (cfg.d_mlp,),
-        "mlp_write": (cfg.d_model,),
-    }
+    widths = dict.fromkeys(HEAD_LOCATIONS, (cfg.n_heads, cfg.d_head)) | {"mlp_neuron": (cfg.d_mlp,)}
     return {
-        template.format(layer=layer): widths[location]
+        template.format(layer=layer): widths.get(location, (cfg.d_model,))
         for layer in range(cfg.n_layers)
         for location, template in NODE_LOCATIONS.items()
     }
@@ -398,7 +390,7 @@ def weight_links(model: SparseTransformer, layer: int) -> list[tuple[str, str, T
 def weight_entry(model: SparseTransformer, source: Node, target: Node) -> tuple[Tensor, tuple, Tensor, tuple]:
     """The parameter and index holding edge source -> target, and the bias (and index) of its target."""
     block, d_head = model.blocks[source.layer], model.cfg.d_head
-    if target.location in ("q", "k", "v"):
+    if target.location in HEAD_LOCATIONS:
         head, dim = divmod(target.index, d_head)
         letter = target.location.upper()
         attn = block.attn

@@ -34,7 +34,8 @@ from circuitlab.fused import BigramLogitsCPU, SinkAttentionCPU, takes_compiled_k
 from circuitlab.paths import DATA_DIR
 from circuitlab.tokenizer import load_tokenizer
 
-# The eight places whose channels are the nodes of a circuit: location -> hook name template.
+# The eight places whose channels are the nodes of a circuit, in forward-pass order: location -> hook name
+# template. Everything that lists the locations (node shapes, their order, plot colours) derives from this table.
 NODE_LOCATIONS: dict[str, str] = {
     "attn_read": "blocks.{layer}.hook_attn_read",  # normalised residual read by attention
     "q": "blocks.{layer}.attn.hook_q",
@@ -45,6 +46,7 @@ NODE_LOCATIONS: dict[str, str] = {
     "mlp_neuron": "blocks.{layer}.mlp.hook_post",
     "mlp_write": "blocks.{layer}.hook_mlp_out",  # what the MLP adds to the residual stream
 }
+HEAD_LOCATIONS = ("q", "k", "v")  # channels [n_heads, d_head], numbered head * d_head + dim
 
 # Hidden weight matrices subject to weight top-k, with the axis that indexes the residual stream.
 HIDDEN_MATRICES: dict[str, int] = {
