@@ -97,6 +97,12 @@ def node_shapes(model: SparseTransformer) -> dict[str, tuple[int, ...]]:
     }
 
 
+def keep_or_ablate(activation: Tensor, keep: Tensor, value: Tensor) -> Tensor:
+    """A node location's output under a 0/1 `keep` mask over its channels: the activation where kept, the
+    ablation `value` elsewhere (the rule of circuits and of pruning's masks alike)."""
+    return activation * keep + value * (1 - keep)
+
+
 @dataclass(frozen=True)
 class Calibration:
     """A scale and shift of the final logits, fitted to a circuit (the paper: discretised circuits are badly
@@ -249,7 +255,7 @@ class Circuit:
             value = self.ablation_values[name]
 
             def hook(activation: Tensor, hook) -> Tensor:
-                return activation * keep + value * (1 - keep)
+                return keep_or_ablate(activation, keep, value)
 
             return hook
 
