@@ -383,10 +383,11 @@ def weight_links(model: SparseTransformer, layer: int) -> list[tuple[str, str, T
     q, k, v channels numbered head * d_head + dim. The weights are views where the layout allows (W_O, W_in,
     W_out) and copies for W_Q, W_K, W_V; `weight_entry` gives the writable entry of one edge."""
     block, d_model = model.blocks[layer], model.cfg.d_model
+    W_Q, W_K, W_V = (W.detach() for W in block.attn.qkv_matrices())
     return [
-        ("attn_read", "q", block.attn.W_Q.detach().permute(1, 0, 2).reshape(d_model, -1)),
-        ("attn_read", "k", block.attn.W_K.detach().permute(1, 0, 2).reshape(d_model, -1)),
-        ("attn_read", "v", block.attn.W_V.detach().permute(1, 0, 2).reshape(d_model, -1)),
+        ("attn_read", "q", W_Q),
+        ("attn_read", "k", W_K),
+        ("attn_read", "v", W_V),
         ("v", "attn_write", block.attn.W_O.detach().reshape(-1, d_model)),
         ("mlp_read", "mlp_neuron", block.mlp.W_in.detach()),
         ("mlp_neuron", "mlp_write", block.mlp.W_out.detach()),

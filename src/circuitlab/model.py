@@ -185,7 +185,7 @@ class Attention(nn.Module):
         batch, n_pos, d_model = x.shape
         n_heads, d_head = self.cfg.n_heads, self.cfg.d_head
         # q, k and v in one matmul; AbsTopK runs on each of them jointly over heads.
-        W_qkv = torch.cat([W.permute(1, 0, 2).reshape(d_model, -1) for W in (self.W_Q, self.W_K, self.W_V)], dim=1)
+        W_qkv = torch.cat(self.qkv_matrices(), dim=1)
         b_qkv = torch.cat([self.b_Q.flatten(), self.b_K.flatten(), self.b_V.flatten()])
         qkv = self.topk_qkv(affine(x, W_qkv, b_qkv).view(batch, n_pos, 3, -1)).view(batch, n_pos, 3, n_heads, d_head)
         q, k, v = qkv.unbind(dim=2)  # (indexing would make the backward fill three zero tensors of qkv's size)
@@ -198,6 +198,13 @@ class Attention(nn.Module):
             z = self.fused_attention(q, k, v)
         z = self.hook_z(z)
         return affine(z.reshape(batch, n_pos, -1), self.W_O.reshape(-1, d_model), self.b_O)
+
+    def qkv_matrices(self) -> tuple[Tensor, Tensor, Tensor]:
+        """W_Q, W_K and W_V as [d_model, n_heads * d_head] matrices, column head * d_head + dim: the numbering
+        of the q, k and v channels."""
+        d_model = self.cfg.d_model
+        W_Q, W_K, W_V = (W.permute(1, 0, 2).reshape(d_model, -1) for W in (self.W_Q, self.W_K, self.W_V))
+        return W_Q, W_K, W_V
 
     def explicit_attention(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         """z from the attention scores and pattern, materialised so that their hook points see them."""
