@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from circuitlab.circuit import Circuit, Node, circuit_edges, edges_ablated, parse_hook
+from circuitlab.circuit import Circuit, Node, circuit_edges, edges_ablated, parse_hook, sublayer_order
 from circuitlab.config import SparseTransformerConfig
-from circuitlab.model import SparseTransformer
+from circuitlab.model import NODE_LOCATIONS, SparseTransformer
 from circuitlab.prune import ablation_values, node_shapes
 from circuitlab.tasks import TaskBatch, task_loss
 
@@ -47,7 +47,7 @@ def test_nodes_and_edges_follow_the_documented_convention(model, batch):
     with torch.no_grad():
         model.blocks[1].mlp.W_in[1, 2] = 0.0  # a pruned weight is no edge
     circuit = sparse_circuit(model, batch)
-    assert circuit.n_nodes == 8 * 3
+    assert circuit.n_nodes == len(NODE_LOCATIONS) * 3
     assert circuit.nodes_by_location == dict.fromkeys(circuit.nodes_by_location, 3)
     assert Node(1, "mlp_neuron", 2) in circuit.nodes
     # attn_read -> q, k, v (3 x 3 x 3), v -> attn_write (3 x 3), mlp_read -> neuron (3 x 3 - 1), neuron -> mlp_write
@@ -66,6 +66,12 @@ def test_nodes_and_edges_follow_the_documented_convention(model, batch):
     assert len(circuit.qk_pairs) == 3  # q and k channels 0, 1, 2 of head 0 multiply in the score
     # attn_write 0..2 feed mlp_read 0..2 of the same layer through the residual stream
     assert len(circuit.residual_links) == 3
+
+
+def test_nodes_are_ordered_along_the_forward_pass(model, batch):
+    circuit = sparse_circuit(model, batch)
+    assert [node.location for node in circuit.nodes] == [location for location in NODE_LOCATIONS for _ in range(3)]
+    assert sublayer_order(Node(0, "mlp_write", 0)) < sublayer_order(Node(1, "attn_read", 0))
 
 
 def test_ablation_hooks_and_standalone_model_agree(model, batch):
@@ -148,7 +154,7 @@ def test_an_ablated_edge_carries_its_source_constant_and_is_undone(model, batch)
     circuit = sparse_circuit(model, batch)
     edge = next(e for e in circuit.edges if e.target.location == "mlp_neuron")
     block = model.blocks[edge.source.layer]
-    read_name = f"blocks.{edge.source.layer}.hook_mlp_read"
+    read_name = NODE_LOCATIONS["mlp_read"].format(layer=edge.source.layer)
     mean = circuit.ablation_values[read_name][edge.source.index]
     captured = {}
 
@@ -178,7 +184,7 @@ def test_removed_edges_survive_save_load_and_the_standalone_model(model, batch, 
     circuit.edges = circuit_edges(model, circuit.masks, circuit.removed_edges)
     assert circuit.n_edges == n_edges - 5
     locations = {e.target.location for e in writes[:5]}
-    names = [f"blocks.1.hook_{'attn' if location == 'attn_write' else 'mlp'}_out" for location in locations]
+    names = [NODE_LOCATIONS[location].format(layer=1) for location in locations]
     _, with_edges = whole.run_with_cache(batch.tokens, names_filter=names)
     _, without = circuit.to_model(model).run_with_cache(batch.tokens, names_filter=names)
     assert not any(torch.allclose(with_edges[name], without[name]) for name in names)  # the edges did something

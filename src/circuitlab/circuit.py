@@ -34,10 +34,11 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from circuitlab.checkpoint import write_atomic, write_text_atomic
-from circuitlab.model import NODE_LOCATIONS, SparseTransformer
+from circuitlab.model import HEAD_LOCATIONS, NODE_LOCATIONS, SparseTransformer
 from circuitlab.tasks import task_loss
 
 LOCATION_OF_HOOK = {template.split("{layer}.")[1]: location for location, template in NODE_LOCATIONS.items()}
+LOCATION_RANK = {location: rank for rank, location in enumerate(NODE_LOCATIONS)}  # forward-pass order
 READ_LOCATIONS = ("attn_read", "mlp_read")
 WRITE_LOCATIONS = ("attn_write", "mlp_write")
 CIRCUIT_FORMAT_VERSION = 3
@@ -77,30 +78,27 @@ def parse_hook(name: str) -> tuple[int, str]:
 
 
 def sublayer_order(node: Node) -> float:
-    """Position along the forward pass: attention reads < q,k,v < attention writes < MLP reads < ..."""
-    order = ["attn_read", "q", "k", "v", "attn_write", "mlp_read", "mlp_neuron", "mlp_write"]
-    return node.layer * len(order) + order.index(node.location)
+    """Position along the forward pass: layer by layer, the node locations in `NODE_LOCATIONS`' order."""
+    return node.layer * len(NODE_LOCATIONS) + LOCATION_RANK[node.location]
 
 
 def node_shapes(model: SparseTransformer) -> dict[str, tuple[int, ...]]:
-    """Hook name -> shape of its node mask (the trailing, per-channel dims of the activation)."""
+    """Hook name -> shape of its node mask (the trailing, per-channel dims of the activation): [n_heads, d_head]
+    at q, k and v, [d_mlp] at the MLP neurons, [d_model] at the residual reads and writes."""
     cfg = model.cfg
     assert cfg.d_mlp is not None, "the config sets d_mlp (4 * d_model by default) when it is built"
-    widths = {
-        "attn_read": (cfg.d_model,),
-        "q": (cfg.n_heads, cfg.d_head),
-        "k": (cfg.n_heads, cfg.d_head),
-        "v": (cfg.n_heads, cfg.d_head),
-        "attn_write": (cfg.d_model,),
-        "mlp_read": (cfg.d_model,),
-        "mlp_neuron": (cfg.d_mlp,),
-        "mlp_write": (cfg.d_model,),
-    }
+    widths = dict.fromkeys(HEAD_LOCATIONS, (cfg.n_heads, cfg.d_head)) | {"mlp_neuron": (cfg.d_mlp,)}
     return {
-        template.format(layer=layer): widths[location]
+        template.format(layer=layer): widths.get(location, (cfg.d_model,))
         for layer in range(cfg.n_layers)
         for location, template in NODE_LOCATIONS.items()
     }
+
+
+def keep_or_ablate(activation: Tensor, keep: Tensor, value: Tensor) -> Tensor:
+    """A node location's output under a 0/1 `keep` mask over its channels: the activation where kept, the
+    ablation `value` elsewhere (the rule of circuits and of pruning's masks alike)."""
+    return activation * keep + value * (1 - keep)
 
 
 @dataclass(frozen=True)
@@ -255,7 +253,7 @@ class Circuit:
             value = self.ablation_values[name]
 
             def hook(activation: Tensor, hook) -> Tensor:
-                return activation * keep + value * (1 - keep)
+                return keep_or_ablate(activation, keep, value)
 
             return hook
 
@@ -383,10 +381,11 @@ def weight_links(model: SparseTransformer, layer: int) -> list[tuple[str, str, T
     q, k, v channels numbered head * d_head + dim. The weights are views where the layout allows (W_O, W_in,
     W_out) and copies for W_Q, W_K, W_V; `weight_entry` gives the writable entry of one edge."""
     block, d_model = model.blocks[layer], model.cfg.d_model
+    W_Q, W_K, W_V = (W.detach() for W in block.attn.qkv_matrices())
     return [
-        ("attn_read", "q", block.attn.W_Q.detach().permute(1, 0, 2).reshape(d_model, -1)),
-        ("attn_read", "k", block.attn.W_K.detach().permute(1, 0, 2).reshape(d_model, -1)),
-        ("attn_read", "v", block.attn.W_V.detach().permute(1, 0, 2).reshape(d_model, -1)),
+        ("attn_read", "q", W_Q),
+        ("attn_read", "k", W_K),
+        ("attn_read", "v", W_V),
         ("v", "attn_write", block.attn.W_O.detach().reshape(-1, d_model)),
         ("mlp_read", "mlp_neuron", block.mlp.W_in.detach()),
         ("mlp_neuron", "mlp_write", block.mlp.W_out.detach()),
@@ -396,7 +395,7 @@ def weight_links(model: SparseTransformer, layer: int) -> list[tuple[str, str, T
 def weight_entry(model: SparseTransformer, source: Node, target: Node) -> tuple[Tensor, tuple, Tensor, tuple]:
     """The parameter and index holding edge source -> target, and the bias (and index) of its target."""
     block, d_head = model.blocks[source.layer], model.cfg.d_head
-    if target.location in ("q", "k", "v"):
+    if target.location in HEAD_LOCATIONS:
         head, dim = divmod(target.index, d_head)
         letter = target.location.upper()
         attn = block.attn

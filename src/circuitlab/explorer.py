@@ -9,7 +9,7 @@ from IPython.display import display
 from torch import Tensor
 
 from circuitlab.circuit import Circuit, Node
-from circuitlab.model import NODE_LOCATIONS, SparseTransformer
+from circuitlab.model import HEAD_LOCATIONS, NODE_LOCATIONS, SparseTransformer
 from circuitlab.tasks import TaskBatch
 
 
@@ -18,7 +18,7 @@ def node_activations(model: SparseTransformer, node: Node, tokens: Tensor) -> Te
     hook_name = NODE_LOCATIONS[node.location].format(layer=node.layer)
     _, cache = model.run_with_cache(tokens, names_filter=hook_name)
     activation = cache[hook_name]
-    if node.location in ("q", "k", "v"):
+    if node.location in HEAD_LOCATIONS:
         activation = activation.flatten(-2)
     return activation[..., node.index]
 

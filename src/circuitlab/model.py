@@ -34,7 +34,8 @@ from circuitlab.fused import BigramLogitsCPU, SinkAttentionCPU, takes_compiled_k
 from circuitlab.paths import DATA_DIR
 from circuitlab.tokenizer import load_tokenizer
 
-# The eight places whose channels are the nodes of a circuit: location -> hook name template.
+# The eight places whose channels are the nodes of a circuit, in forward-pass order: location -> hook name
+# template. Everything that lists the locations (node shapes, their order, plot colours) derives from this table.
 NODE_LOCATIONS: dict[str, str] = {
     "attn_read": "blocks.{layer}.hook_attn_read",  # normalised residual read by attention
     "q": "blocks.{layer}.attn.hook_q",
@@ -45,6 +46,7 @@ NODE_LOCATIONS: dict[str, str] = {
     "mlp_neuron": "blocks.{layer}.mlp.hook_post",
     "mlp_write": "blocks.{layer}.hook_mlp_out",  # what the MLP adds to the residual stream
 }
+HEAD_LOCATIONS = ("q", "k", "v")  # channels [n_heads, d_head], numbered head * d_head + dim
 
 # Hidden weight matrices subject to weight top-k, with the axis that indexes the residual stream.
 HIDDEN_MATRICES: dict[str, int] = {
@@ -183,7 +185,7 @@ class Attention(nn.Module):
         batch, n_pos, d_model = x.shape
         n_heads, d_head = self.cfg.n_heads, self.cfg.d_head
         # q, k and v in one matmul; AbsTopK runs on each of them jointly over heads.
-        W_qkv = torch.cat([W.permute(1, 0, 2).reshape(d_model, -1) for W in (self.W_Q, self.W_K, self.W_V)], dim=1)
+        W_qkv = torch.cat(self.qkv_matrices(), dim=1)
         b_qkv = torch.cat([self.b_Q.flatten(), self.b_K.flatten(), self.b_V.flatten()])
         qkv = self.topk_qkv(affine(x, W_qkv, b_qkv).view(batch, n_pos, 3, -1)).view(batch, n_pos, 3, n_heads, d_head)
         q, k, v = qkv.unbind(dim=2)  # (indexing would make the backward fill three zero tensors of qkv's size)
@@ -196,6 +198,13 @@ class Attention(nn.Module):
             z = self.fused_attention(q, k, v)
         z = self.hook_z(z)
         return affine(z.reshape(batch, n_pos, -1), self.W_O.reshape(-1, d_model), self.b_O)
+
+    def qkv_matrices(self) -> tuple[Tensor, Tensor, Tensor]:
+        """W_Q, W_K and W_V as [d_model, n_heads * d_head] matrices, column head * d_head + dim: the numbering
+        of the q, k and v channels."""
+        d_model = self.cfg.d_model
+        W_Q, W_K, W_V = (W.permute(1, 0, 2).reshape(d_model, -1) for W in (self.W_Q, self.W_K, self.W_V))
+        return W_Q, W_K, W_V
 
     def explicit_attention(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         """z from the attention scores and pattern, materialised so that their hook points see them."""

@@ -9,18 +9,13 @@ import networkx as nx
 import pandas as pd
 
 from circuitlab.circuit import Circuit, Node, sublayer_order
+from circuitlab.model import NODE_LOCATIONS
 from circuitlab.paths import FIGURES_DIR
 
-LOCATION_COLORS = {
-    "attn_read": "#9ecae1",
-    "q": "#fd8d3c",
-    "k": "#fdae6b",
-    "v": "#e6550d",
-    "attn_write": "#3182bd",
-    "mlp_read": "#a1d99b",
-    "mlp_neuron": "#31a354",
-    "mlp_write": "#006d2c",
-}
+# One colour per node location, in `NODE_LOCATIONS`' order: blues for attention's residual read and write,
+# oranges for q, k, v, greens for the MLP's read, neurons and write.
+COLORS_IN_LOCATION_ORDER = ("#9ecae1", "#fd8d3c", "#fdae6b", "#e6550d", "#3182bd", "#a1d99b", "#31a354", "#006d2c")
+LOCATION_COLORS = dict(zip(NODE_LOCATIONS, COLORS_IN_LOCATION_ORDER, strict=True))
 
 
 def circuit_graph(circuit: Circuit) -> nx.DiGraph:

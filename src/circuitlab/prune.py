@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from circuitlab import settings
-from circuitlab.circuit import Calibration, Circuit, Node, circuit_edges, edges_ablated, node_shapes
+from circuitlab.circuit import Calibration, Circuit, Node, circuit_edges, edges_ablated, keep_or_ablate, node_shapes
 from circuitlab.corpus import TokenSampler, load_token_streams
 from circuitlab.discretize import greedy_cleanup, smallest_sufficient
 from circuitlab.model import SparseTransformer
@@ -224,8 +224,7 @@ class NodeMasks(nn.Module):
     def hooks(self) -> list[tuple[str | Callable, Callable]]:
         def make_hook(name: str) -> Callable:
             def hook(activation: Tensor, hook) -> Tensor:
-                keep = self.keep(name)
-                return activation * keep + self.means[name] * (1 - keep)
+                return keep_or_ablate(activation, self.keep(name), self.means[name])
 
             return hook
 

@@ -5,29 +5,11 @@ registry), :mod:`~circuitlab.tasks.codegen` the code vocabulary and line generat
 synthetic corpus share, one module per task family defines and registers its tasks, and
 :mod:`~circuitlab.tasks.harvest` finds natural instances in the corpus snapshot. Importing the package
 registers every task: the paper's twenty (``PAPER_TASKS``, the suite circuit sizes are averaged over) and the
-extras; ``names()`` lists them all, the twenty first.
+extras; ``names()`` lists them all, the twenty first. The package exports the framework and the harvester; the
+code vocabulary is imported from :mod:`~circuitlab.tasks.codegen` itself.
 """
 
 from circuitlab.tasks import brackets, control, definitions, strings, syntax, variables  # noqa: F401  (register)
-from circuitlab.tasks.brackets import nested
-from circuitlab.tasks.codegen import (
-    CALLABLES,
-    CLASSES,
-    FUNCTIONS,
-    INDENT,
-    MODULES,
-    VARIABLES,
-    WORDS,
-    atom,
-    following,
-    frame,
-    lead,
-    literal,
-    pick_name,
-    sentence,
-    statement,
-    statements,
-)
 from circuitlab.tasks.core import (
     MAX_DRAWS_PER_PAIR,
     PAPER_TASKS,
@@ -35,10 +17,13 @@ from circuitlab.tasks.core import (
     SPLITS,
     TEST_PROMPT_FRACTION,
     Datapoint,
+    FramedPair,
+    FramedSampler,
     Instance,
     Sampler,
     Task,
     TaskBatch,
+    define_framed_task,
     define_task,
     get,
     make_batch,
@@ -55,44 +40,30 @@ from circuitlab.tasks.core import (
 from circuitlab.tasks.harvest import harvest, harvest_source
 
 __all__ = [
-    "CALLABLES",
-    "CLASSES",
-    "FUNCTIONS",
-    "INDENT",
     "MAX_DRAWS_PER_PAIR",
-    "MODULES",
     "PAPER_TASKS",
     "RENAMED",
     "SPLITS",
     "TEST_PROMPT_FRACTION",
-    "VARIABLES",
-    "WORDS",
     "Datapoint",
+    "FramedPair",
+    "FramedSampler",
     "Instance",
     "Sampler",
     "Task",
     "TaskBatch",
-    "atom",
+    "define_framed_task",
     "define_task",
-    "following",
-    "frame",
     "get",
     "harvest",
     "harvest_source",
-    "lead",
-    "literal",
     "make_batch",
     "names",
-    "nested",
     "pair_split",
-    "pick_name",
     "prompt_split",
     "register",
     "relabelled",
     "same_rest",
-    "sentence",
-    "statement",
-    "statements",
     "task_accuracy",
     "task_loss",
     "with_random_labels",

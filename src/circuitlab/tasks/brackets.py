@@ -13,12 +13,13 @@ from circuitlab.tasks.codegen import (
     atom,
     following,
     frame,
+    if_before_elif,
     lead,
     literal,
     pick_name,
     statement,
 )
-from circuitlab.tasks.core import Instance, define_task, same_rest
+from circuitlab.tasks.core import FramedPair, Instance, define_framed_task, define_task, same_rest
 
 
 def nested(rng: random.Random, depth: int, opener: Callable[[int], str]) -> tuple[str, str]:
@@ -44,35 +45,31 @@ def _elements(rng: random.Random, n: int) -> str:
     return ", ".join(atom(rng, names_ok=n > 1) for _ in range(n))
 
 
-def _bracket_depth_pair(rng: random.Random, depth: int) -> tuple[Instance, Instance]:
-    head, indent = frame(rng)
-    start = lead(rng, indent)
-    deep, shallow = nested(rng, depth, lambda level: "[")
+def _depth_pair(rng: random.Random, indent: str, start: str, opener: Callable[[int], str]) -> FramedPair:
+    """``start`` then a literal nested two deep (see :func:`nested`), or one deep; the same lines follow both."""
+    deep, shallow = nested(rng, 2, opener)
     rest = following(rng, indent)
-    return Instance(f"{head}{indent}{start}{deep}", rest), Instance(f"{head}{indent}{start}{shallow}", rest)
+    return (start + deep, rest), (start + shallow, rest)
 
 
-@define_task(
+@define_framed_task(
     "bracket_counting",
     ("]]\n", "]\n"),
     "Close a list literal that ends a line: nested at depth 2 needs `]]`, depth 1 needs `]` (the paper's task).",
 )
-def _bracket_counting(rng: random.Random) -> tuple[Instance, Instance]:
-    return _bracket_depth_pair(rng, 2)
+def _bracket_counting(rng: random.Random, indent: str) -> FramedPair:
+    return _depth_pair(rng, indent, lead(rng, indent), lambda level: "[")
 
 
-@define_task(
+@define_framed_task(
     "paren_counting",
     ("))\n", ")\n"),
     "Close nested calls at the end of a line: a call inside a call needs `))`, a single call `)`.",
 )
-def _paren_counting(rng: random.Random) -> tuple[Instance, Instance]:
-    head, indent = frame(rng)
+def _paren_counting(rng: random.Random, indent: str) -> FramedPair:
     start = lead(rng, indent, "")
     outer, inner = rng.choice(FUNCTIONS + CALLABLES), rng.choice(FUNCTIONS + CALLABLES)
-    deep, shallow = nested(rng, 2, lambda level: f"{outer}(" if level == 1 else f"{inner}(")
-    rest = following(rng, indent)
-    return Instance(f"{head}{indent}{start}{deep}", rest), Instance(f"{head}{indent}{start}{shallow}", rest)
+    return _depth_pair(rng, indent, start, lambda level: f"{outer}(" if level == 1 else f"{inner}(")
 
 
 def _opener_pair(rng: random.Random, openers: tuple[str, str]) -> tuple[Instance, Instance]:
@@ -107,74 +104,67 @@ def _close_set_or_list(rng: random.Random) -> tuple[Instance, Instance]:
     return _opener_pair(rng, ("{", "["))
 
 
-@define_task(
+def _header_or_statement(rng: random.Random, indent: str, header: str, statement_line: str) -> FramedPair:
+    """A block header, continued by a line of its body, and a statement, continued by the lines after it."""
+    return (header, statement(rng, indent + INDENT)), (statement_line, following(rng, indent))
+
+
+@define_framed_task(
     "paren_colon",
     ("):\n", ")\n"),
     "Close a call that ends a line: in an `if`/`while`/`for` header it needs `):`, in a statement `)`.",
 )
-def _paren_colon(rng: random.Random) -> tuple[Instance, Instance]:
-    head, indent = frame(rng)
+def _paren_colon(rng: random.Random, indent: str) -> FramedPair:
     var = pick_name(rng)
     func = rng.choice(FUNCTIONS + CALLABLES)
     header = rng.choice(("if ", "if not ", "while ", f"for {var} in ", "elif "))
-    if header == "elif ":
-        head += f"{indent}if {pick_name(rng)}:\n{statement(rng, indent + INDENT)}"
+    opening = if_before_elif(rng, indent) if header == "elif " else ""
     statement_lead = lead(rng, indent, "", f"{var} = not ")
     args = ", ".join(literal(rng, {var}) for _ in range(rng.randint(0, 3)))
     args = f"{args}, {atom(rng, {var})}" if args else atom(rng, {var})
     call = f"{func}({args}"
-    return (
-        Instance(f"{head}{indent}{header}{call}", statement(rng, indent + INDENT)),
-        Instance(f"{head}{indent}{statement_lead}{call}", following(rng, indent)),
-    )
+    return _header_or_statement(rng, indent, f"{opening}{header}{call}", f"{opening}{statement_lead}{call}")
 
 
-@define_task(
+@define_framed_task(
     "condition_colon",
     (":\n", "\n"),
     "A condition that ends a line: after `if`/`while`/`elif` it needs `:`, as a right-hand side a plain newline.",
 )
-def _condition_colon(rng: random.Random) -> tuple[Instance, Instance]:
-    head, indent = frame(rng)
+def _condition_colon(rng: random.Random, indent: str) -> FramedPair:
     var, other = pick_name(rng), pick_name(rng)
     condition = rng.choice(
         (other, f"not {other}", f"{var} > {other}", f"{var} in {other}", f"{var} is not {other}", f"{var} == {other}")
     )
     header = rng.choice(("if ", "if ", "while ", "elif "))
-    if header == "elif ":
-        head += f"{indent}if {pick_name(rng)}:\n{statement(rng, indent + INDENT)}"
+    opening = if_before_elif(rng, indent) if header == "elif " else ""
     flag = rng.choice(("ok", "done", "ready", "result", "valid", "is_new", "matched", "flag"))
-    return (
-        Instance(f"{head}{indent}{header}{condition}", statement(rng, indent + INDENT)),
-        Instance(f"{head}{indent}{flag} = {condition}", following(rng, indent)),
-    )
+    return _header_or_statement(rng, indent, f"{opening}{header}{condition}", f"{opening}{flag} = {condition}")
 
 
-@define_task(
+@define_framed_task(
     "dict_or_set_key",
     ('":', '",'),
     'After a string key in a `{...}` literal: a dict (earlier entries have colons) needs `":`, a set `",`.',
 )
-def _dict_or_set_key(rng: random.Random) -> tuple[Instance, Instance]:
-    head, indent = frame(rng)
+def _dict_or_set_key(rng: random.Random, indent: str) -> FramedPair:
     start = lead(rng, indent)
     keys = [rng.choice(WORDS) for _ in range(rng.randint(2, 6))]
     entries_dict = ", ".join(f'"{k}": {literal(rng)}' for k in keys[:-1])
     entries_set = ", ".join(f'"{k}"' for k in keys[:-1])
     return (
-        Instance(f'{head}{indent}{start}{{{entries_dict}, "{keys[-1]}', f" {literal(rng)}}}\n"),
-        Instance(f'{head}{indent}{start}{{{entries_set}, "{keys[-1]}', f' "{rng.choice(WORDS)}"}}\n'),
+        (f'{start}{{{entries_dict}, "{keys[-1]}', f" {literal(rng)}}}\n"),
+        (f'{start}{{{entries_set}, "{keys[-1]}', f' "{rng.choice(WORDS)}"}}\n'),
     )
 
 
-@define_task(
+@define_framed_task(
     "bracket_brace",
     ('":', '",'),
     "After a string in a literal: inside a dict `{` a key is followed by `:`, inside a list `[` an element by `,` "
     "(our tokenizer merges both with the string's closing quote).",
 )
-def _bracket_brace(rng: random.Random) -> tuple[Instance, Instance]:
-    head, indent = frame(rng)
+def _bracket_brace(rng: random.Random, indent: str) -> FramedPair:
     start = lead(rng, indent)
     keys = [rng.choice(WORDS) for _ in range(rng.randint(1, 5))]
     values = [literal(rng) for _ in keys[1:]]
@@ -183,6 +173,6 @@ def _bracket_brace(rng: random.Random) -> tuple[Instance, Instance]:
         for separator in ":,"
     }
     return (
-        Instance(f'{head}{indent}{start}{{{entries[":"]}"{keys[-1]}', f" {literal(rng)}}}\n"),
-        Instance(f'{head}{indent}{start}[{entries[","]}"{keys[-1]}', f" {literal(rng)}]\n"),
+        (f'{start}{{{entries[":"]}"{keys[-1]}', f" {literal(rng)}}}\n"),
+        (f'{start}[{entries[","]}"{keys[-1]}', f" {literal(rng)}]\n"),
     )

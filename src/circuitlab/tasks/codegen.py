@@ -148,6 +148,11 @@ def following(rng: random.Random, indent: str, avoid: Iterable[str] = ()) -> str
     return statements(rng, indent, 0, 2, avoid)
 
 
+def if_before_elif(rng: random.Random, indent: str) -> str:
+    """An ``if`` line and one line of its body, from after ``indent`` to where an ``elif`` at ``indent`` starts."""
+    return f"if {pick_name(rng)}:\n{statement(rng, indent + INDENT)}{indent}"
+
+
 def lead(rng: random.Random, indent: str, *extra: str) -> str:
     """The start of a line that an expression completes: an assignment, ``return`` inside a function, or
     one of ``extra``."""

@@ -4,18 +4,8 @@ from __future__ import annotations
 
 import random
 
-from circuitlab.tasks.codegen import (
-    FUNCTIONS,
-    INDENT,
-    atom,
-    following,
-    frame,
-    literal,
-    pick_name,
-    statement,
-    statements,
-)
-from circuitlab.tasks.core import Instance, define_task
+from circuitlab.tasks.codegen import FUNCTIONS, INDENT, atom, following, literal, pick_name, statement, statements
+from circuitlab.tasks.core import FramedPair, Instance, define_framed_task, define_task
 
 
 def _condition(rng: random.Random) -> str:
@@ -35,48 +25,39 @@ def _block(rng: random.Random, indent: str) -> str:
     return statements(rng, indent + INDENT, 1, 2)
 
 
-@define_task(
+@define_framed_task(
     "for_while",
     (" in", ":\n"),
     "After `for name` comes ` in`; after `while name`, the condition is complete and `:` follows.",
 )
-def _for_while(rng: random.Random) -> tuple[Instance, Instance]:
-    head, indent = frame(rng)
+def _for_while(rng: random.Random, indent: str) -> FramedPair:
     name = pick_name(rng)
     body = _block(rng, indent)
-    return (
-        Instance(f"{head}{indent}for {name}", f" {pick_name(rng, {name})}:\n{body}"),
-        Instance(f"{head}{indent}while {name}", body),
-    )
+    return (f"for {name}", f" {pick_name(rng, {name})}:\n{body}"), (f"while {name}", body)
 
 
-@define_task(
+@define_framed_task(
     "else_elif",
     (":\n", " not"),
     "`else` takes `:` at once; `elif` takes a condition first (here one starting ` not`: the paper compares `:` "
     "with anything else, and the task loss needs one token for that).",
 )
-def _else_elif(rng: random.Random) -> tuple[Instance, Instance]:
-    head, indent = frame(rng)
-    opened = f"{head}{indent}if {_condition(rng)}:\n{_block(rng, indent)}{indent}"
+def _else_elif(rng: random.Random, indent: str) -> FramedPair:
+    opened = f"if {_condition(rng)}:\n{_block(rng, indent)}{indent}"
     body = _block(rng, indent)
-    return Instance(f"{opened}else", body), Instance(f"{opened}elif", f" not {pick_name(rng)}:\n{body}")
+    return (f"{opened}else", body), (f"{opened}elif", f" not {pick_name(rng)}:\n{body}")
 
 
-@define_task(
+@define_framed_task(
     "if_ternary",
     (":\n", " "),
     "After an `if` statement's condition comes `:`; after the condition of a ternary `a if c else b`, ` else`. "
     "Our tokenizer has no ` else` token (it splits into a space and `else`), so the candidate is that space.",
 )
-def _if_ternary(rng: random.Random) -> tuple[Instance, Instance]:
-    head, indent = frame(rng)
+def _if_ternary(rng: random.Random, indent: str) -> FramedPair:
     condition = _condition(rng)
     chosen = f"{pick_name(rng)} = {atom(rng)} "
-    return (
-        Instance(f"{head}{indent}if {condition}", _block(rng, indent)),
-        Instance(f"{head}{indent}{chosen}if {condition}", f"else {atom(rng)}\n"),
-    )
+    return (f"if {condition}", _block(rng, indent)), (f"{chosen}if {condition}", f"else {atom(rng)}\n")
 
 
 @define_task(
@@ -94,52 +75,40 @@ def _indent_for(rng: random.Random) -> tuple[Instance, Instance]:
     return Instance(loops[0], rests[0]), Instance(loops[1], rests[1])
 
 
-@define_task(
+@define_framed_task(
     "enumerate_range",
     (" enumerate", " range"),
     "`for i, x in` iterates ` enumerate(...)`, `for i in` iterates ` range(...)`: two loop names or one (the paper's "
     "task; called range_or_enumerate before).",
 )
-def _enumerate_range(rng: random.Random) -> tuple[Instance, Instance]:
-    head, indent = frame(rng)
+def _enumerate_range(rng: random.Random, indent: str) -> FramedPair:
     index = rng.choice(("i", "j", "k", "idx", "index", "n", "pos", "row"))
     item = pick_name(rng, {index})
     source = pick_name(rng, {index, item})
     body = statement(rng, indent + INDENT)
-    return (
-        Instance(f"{head}{indent}for {index}, {item} in", f"({source}):\n{body}"),
-        Instance(f"{head}{indent}for {index} in", f"(len({source})):\n{body}"),
-    )
+    return (f"for {index}, {item} in", f"({source}):\n{body}"), (f"for {index} in", f"(len({source})):\n{body}")
 
 
-@define_task(
+@define_framed_task(
     "if_equals",
     (" ==", " ="),
     "After `if name` comes the comparison ` ==`; after `name` starting a statement, the assignment ` =`.",
 )
-def _if_equals(rng: random.Random) -> tuple[Instance, Instance]:
-    head, indent = frame(rng)
+def _if_equals(rng: random.Random, indent: str) -> FramedPair:
     var = pick_name(rng)
     value = literal(rng, {var})
-    return (
-        Instance(f"{head}{indent}if {var}", f" {value}:\n{_block(rng, indent)}"),
-        Instance(f"{head}{indent}{var}", f" {value}\n{following(rng, indent)}"),
-    )
+    return (f"if {var}", f" {value}:\n{_block(rng, indent)}"), (var, f" {value}\n{following(rng, indent)}")
 
 
-@define_task(
+@define_framed_task(
     "var_if",
     (":\n", "\n"),
     "`if x == True` ends its line with `:`, the assignment `x = True` with a newline (also with `False`).",
 )
-def _var_if(rng: random.Random) -> tuple[Instance, Instance]:
-    head, indent = frame(rng)
+def _var_if(rng: random.Random, indent: str) -> FramedPair:
     var = pick_name(rng)
     value = rng.choice(("True", "True", "False"))
-    return (
-        Instance(f"{head}{indent}if {var} == {value}", _block(rng, indent)),
-        Instance(f"{head}{indent}{var} = {value}", following(rng, indent)),
-    )
+    return (f"if {var} == {value}", _block(rng, indent)), (f"{var} = {value}", following(rng, indent))
 
 
 @define_task(

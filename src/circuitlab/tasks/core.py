@@ -22,6 +22,8 @@ import torch
 from tokenizers import Tokenizer
 from torch import Tensor
 
+from circuitlab.tasks.codegen import frame
+
 SPLITS = ("train", "test")
 TEST_PROMPT_FRACTION = 1 / 3
 """Fraction of prompts hashed to "test". A pair needs both prompts in one split, so about 1/5 of pairs are test."""
@@ -51,6 +53,12 @@ class Instance:
 
 Sampler = Callable[[random.Random], tuple[Instance, Instance]]
 """Draws one contrast pair: (instance answered by candidates[0], matched instance answered by candidates[1])."""
+
+FramedPair = tuple[tuple[str, str], tuple[str, str]]
+"""A contrast pair inside a shared frame: (prompt text after the frame, rest) for each of its two instances."""
+
+FramedSampler = Callable[[random.Random, str], FramedPair]
+"""Draws a :data:`FramedPair` for a frame whose lines are indented by the given string."""
 
 
 @dataclass
@@ -340,6 +348,25 @@ def define_task(name: str, candidates: tuple[str, str], description: str) -> Cal
     def decorate(sampler: Sampler) -> Sampler:
         register(Task(name, description, candidates, sampler))
         return sampler
+
+    return decorate
+
+
+def define_framed_task(
+    name: str, candidates: tuple[str, str], description: str
+) -> Callable[[FramedSampler], FramedSampler]:
+    """Decorator that registers the task ``name`` for a sampler of what follows a shared frame: each prompt is
+    the code of a :func:`frame` (a scope opened, a few lines in it), the frame's indentation, then the text the
+    sampler draws for that indentation."""
+
+    def decorate(sample_in_frame: FramedSampler) -> FramedSampler:
+        def sampler(rng: random.Random) -> tuple[Instance, Instance]:
+            head, indent = frame(rng)
+            (first, first_rest), (second, second_rest) = sample_in_frame(rng, indent)
+            return Instance(head + indent + first, first_rest), Instance(head + indent + second, second_rest)
+
+        define_task(name, candidates, description)(sampler)
+        return sample_in_frame
 
     return decorate
 

@@ -4,17 +4,8 @@ from __future__ import annotations
 
 import random
 
-from circuitlab.tasks.codegen import (
-    CLASSES,
-    FUNCTIONS,
-    INDENT,
-    WORDS,
-    frame,
-    literal,
-    pick_name,
-    statements,
-)
-from circuitlab.tasks.core import Instance, define_task
+from circuitlab.tasks.codegen import CLASSES, FUNCTIONS, INDENT, WORDS, literal, pick_name, statements
+from circuitlab.tasks.core import FramedPair, Instance, define_framed_task, define_task
 
 
 @define_task(
@@ -39,40 +30,35 @@ def _final_kwarg(rng: random.Random) -> tuple[Instance, Instance]:
     return Instance(opening + signatures[0], f"):\n{body}"), Instance(opening + signatures[1], body)
 
 
-@define_task(
+@define_framed_task(
     "lambda_func",
     (":", "():\n"),
     "After `lambda name` comes `:`; after `def name`, the parameter list. Our tokenizer merges `(` with the name "
     "that follows it, so the paper's `(` becomes `():` (a function without parameters).",
 )
-def _lambda_func(rng: random.Random) -> tuple[Instance, Instance]:
-    head, indent = frame(rng)
+def _lambda_func(rng: random.Random, indent: str) -> FramedPair:
     name = pick_name(rng)
     target = pick_name(rng, {name})
     use = rng.choice((f"{name}.size", f"{name} + 1", f"{name} * 2", f"{name}[0]", f"{name} is None", f"len({name})"))
-    return (
-        Instance(f"{head}{indent}{target} = lambda {name}", f" {use}\n"),
-        Instance(f"{head}{indent}def {name}", f"{indent}{INDENT}return {literal(rng)}\n"),
-    )
+    return (f"{target} = lambda {name}", f" {use}\n"), (f"def {name}", f"{indent}{INDENT}return {literal(rng)}\n")
 
 
 FILE_NAMES = ("path", "file_name", "filename", "fname", "source", "target", "config_path", "name", "log_path")
 HANDLES = ("f", "fh", "stream", "handle", "fp")
 
 
-@define_task(
+@define_framed_task(
     "with_as",
     (")", ")\n"),
     "`with open(name)` goes on with ` as`, an assignment `f = open(name)` ends its line. Our tokenizer merges `)` "
     "with a newline, so the decision is the token before the paper's ` as`: `)` or `)` + newline.",
 )
-def _with_as(rng: random.Random) -> tuple[Instance, Instance]:
-    head, indent = frame(rng)
+def _with_as(rng: random.Random, indent: str) -> FramedPair:
     name, handle = rng.choice(FILE_NAMES), rng.choice(HANDLES)
     var = pick_name(rng, {name, handle})
     return (
-        Instance(f"{head}{indent}with open({name}", f" as {handle}:\n{indent}{INDENT}{var} = {handle}.read()\n"),
-        Instance(f"{head}{indent}{handle} = open({name}", f"{indent}{var} = {handle}.read()\n"),
+        (f"with open({name}", f" as {handle}:\n{indent}{INDENT}{var} = {handle}.read()\n"),
+        (f"{handle} = open({name}", f"{indent}{var} = {handle}.read()\n"),
     )
 
 
@@ -90,23 +76,22 @@ OPEN_FOR = (  # (read, write) file names that differ in the part that says which
 )
 
 
-@define_task(
+@define_framed_task(
     "with_open",
     ("r", "w"),
     "The mode of `open(name, '` follows from the file's name: `r` for an input, `w` for an output. Our "
     "tokenizer splits `'r'` into the quote, `r` and the closing quote, so the candidates are the letters.",
 )
-def _with_open(rng: random.Random) -> tuple[Instance, Instance]:
-    head, indent = frame(rng)
+def _with_open(rng: random.Random, indent: str) -> FramedPair:
     quote = rng.choice("'\"")
     handle = rng.choice(HANDLES)
     var = pick_name(rng, {handle})
     if rng.random() < 0.7:
-        start, after, inner = f"{indent}with open(", f") as {handle}:\n", indent + INDENT
+        start, after, inner = "with open(", f") as {handle}:\n", indent + INDENT
     else:
-        start, after, inner = f"{indent}{handle} = open(", ")\n", indent
+        start, after, inner = f"{handle} = open(", ")\n", indent
     read, write = rng.choice(OPEN_FOR)
     return (
-        Instance(f"{head}{start}{read}, {quote}", f"{quote}{after}{inner}{var} = {handle}.read()\n"),
-        Instance(f"{head}{start}{write}, {quote}", f"{quote}{after}{inner}{handle}.write({var})\n"),
+        (f"{start}{read}, {quote}", f"{quote}{after}{inner}{var} = {handle}.read()\n"),
+        (f"{start}{write}, {quote}", f"{quote}{after}{inner}{handle}.write({var})\n"),
     )

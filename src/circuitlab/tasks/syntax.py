@@ -12,13 +12,14 @@ from circuitlab.tasks.codegen import (
     VARIABLES,
     following,
     frame,
+    if_before_elif,
     literal,
     pick_name,
     sentence,
     statement,
     statements,
 )
-from circuitlab.tasks.core import Instance, define_task, same_rest
+from circuitlab.tasks.core import FramedPair, Instance, define_framed_task, define_task, same_rest
 
 
 @define_task(
@@ -37,33 +38,30 @@ def _bool_flip(rng: random.Random) -> tuple[Instance, Instance]:
     return same_rest(rest, *prompts)
 
 
-@define_task(
+@define_framed_task(
     "compare_or_assign",
     (" ==", " ="),
     "After an attribute in an `if`/`while`/`assert` condition comes ` ==`; after one starting a statement, ` =`.",
 )
-def _compare_or_assign(rng: random.Random) -> tuple[Instance, Instance]:
-    head, indent = frame(rng)
+def _compare_or_assign(rng: random.Random, indent: str) -> FramedPair:
     owner = "self" if indent == INDENT * 2 else pick_name(rng)
     attribute = f"{owner}.{rng.choice(('count', 'name', 'state', 'mode', 'size', 'value', 'status', 'level'))}"
     keyword = rng.choice(("if ", "if ", "while ", "assert ", "elif "))
-    if keyword == "elif ":
-        head += f"{indent}if {pick_name(rng)}:\n{statement(rng, indent + INDENT)}"
+    opening = if_before_elif(rng, indent) if keyword == "elif " else ""
     value = literal(rng)
     compare_rest = f" {value}" + (":\n" + statement(rng, indent + INDENT) if keyword != "assert " else "\n")
     return (
-        Instance(f"{head}{indent}{keyword}{attribute}", compare_rest),
-        Instance(f"{head}{indent}{attribute}", f" {value}\n{following(rng, indent)}"),
+        (f"{opening}{keyword}{attribute}", compare_rest),
+        (f"{opening}{attribute}", f" {value}\n{following(rng, indent)}"),
     )
 
 
-@define_task(
+@define_framed_task(
     "for_in_or_assign",
     (" in", " ="),
     "After `for a, b` comes ` in`; after the same names starting a statement (`a, b`), ` =`.",
 )
-def _for_in_or_assign(rng: random.Random) -> tuple[Instance, Instance]:
-    head, indent = frame(rng)
+def _for_in_or_assign(rng: random.Random, indent: str) -> FramedPair:
     names: list[str] = []
     while len(names) < rng.choice((2, 2, 3)):
         names.append(pick_name(rng, names))
@@ -72,8 +70,8 @@ def _for_in_or_assign(rng: random.Random) -> tuple[Instance, Instance]:
         (f"{pick_name(rng, names)}.items()", f"zip({', '.join(VARIABLES[: len(names)])})", f"{pick_name(rng, names)}")
     )
     return (
-        Instance(f"{head}{indent}for {targets}", f" {source}:\n{statement(rng, indent + INDENT)}"),
-        Instance(f"{head}{indent}{targets}", f" {source}\n{following(rng, indent)}"),
+        (f"for {targets}", f" {source}:\n{statement(rng, indent + INDENT)}"),
+        (targets, f" {source}\n{following(rng, indent)}"),
     )
 
 
@@ -115,18 +113,14 @@ def _from_import_or_as(rng: random.Random) -> tuple[Instance, Instance]:
     )
 
 
-@define_task(
+@define_framed_task(
     "dict_items_unpack",
     (".items", ":\n"),
     "`for key, value in d` continues with `.items` (two names unpack a dict's pairs); `for value in d`, with `:`.",
 )
-def _dict_items_unpack(rng: random.Random) -> tuple[Instance, Instance]:
-    head, indent = frame(rng)
+def _dict_items_unpack(rng: random.Random, indent: str) -> FramedPair:
     key = rng.choice(("key", "k", "name", "field", "word", "label", "attr"))
     value = pick_name(rng, {key})
     source = pick_name(rng, {key, value})
     body = statement(rng, indent + INDENT)
-    return (
-        Instance(f"{head}{indent}for {key}, {value} in {source}", f"():\n{body}"),
-        Instance(f"{head}{indent}for {value} in {source}", body),
-    )
+    return (f"for {key}, {value} in {source}", f"():\n{body}"), (f"for {value} in {source}", body)
