@@ -56,3 +56,7 @@ def test_size_vs_target_averages_over_tasks_both_full_models_solve_at_each_targe
     assert summary.loc[0.1, "dense / sparse"] == pytest.approx(16.0)
     assert summary.loc[0.3, "sparse edges"] == pytest.approx(10.0)  # sqrt(4 * 25)
     assert summary.loc[0.3, "dense / sparse"] == pytest.approx(geometric_mean([4, 16]))
+
+
+def test_a_circuit_of_no_edges_counts_as_one_in_the_geometric_mean():
+    assert geometric_mean([0, 16]) == pytest.approx(4.0) and geometric_mean([]) != geometric_mean([])

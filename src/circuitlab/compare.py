@@ -9,9 +9,11 @@ import pandas as pd
 from circuitlab.circuit import Circuit
 
 
-def geometric_mean(values) -> float:
-    values = np.asarray(values, dtype=float)
-    return float(np.exp(np.log(values).mean())) if len(values) else float("nan")
+def geometric_mean(sizes) -> float:
+    """The geometric mean of circuit sizes, a size of 0 counted as 1 (a task the model does with no edges at
+    all, e.g. from its bigram table alone, would otherwise make the mean 0); NaN for no sizes."""
+    sizes = np.clip(np.asarray(sizes, dtype=float), 1, None)
+    return float(np.exp(np.log(sizes).mean())) if len(sizes) else float("nan")
 
 
 def size_comparison(sparse: dict[str, Circuit], dense: dict[str, Circuit]) -> tuple[pd.DataFrame, float]:
