@@ -1,4 +1,4 @@
-"""The training figures of chapter 01: each draws exactly the numbers it is given, on the axes it says."""
+"""The handbook's figures: each draws exactly the numbers it is given, on the axes it says."""
 
 import dataclasses
 
@@ -8,7 +8,14 @@ import pandas as pd
 import pytest
 import torch
 
-from circuitlab.plotting import plot_schedules, plot_training_curves, plot_weight_sparsity
+from circuitlab.compare import size_vs_target
+from circuitlab.plotting import (
+    plot_last_token_attention,
+    plot_schedules,
+    plot_size_vs_target,
+    plot_training_curves,
+    plot_weight_sparsity,
+)
 from circuitlab.train import TrainConfig, schedule_table
 
 
@@ -74,3 +81,23 @@ def test_weight_sparsity_shows_the_nonzero_pattern_and_every_weight(tiny_model):
     np.testing.assert_array_equal(image, (weight[:, :40] != 0).numpy())
     assert sum(patch.get_height() for patch in histogram.patches) == weight.numel()
     assert pattern.get_title() == "nonzero pattern (first 40 neurons)" and pattern.get_ylabel() == "residual channel"
+
+
+def test_last_token_attention_shows_every_head_over_every_position(tiny_model):
+    tokens = torch.randint(0, tiny_model.cfg.d_vocab, (1, 9), generator=torch.Generator().manual_seed(0))
+    fig = plot_last_token_attention(tiny_model, tokens)
+    _, cache = tiny_model.run_with_cache(tokens)
+    shown = fig.axes[0].images[0].get_array()
+    np.testing.assert_allclose(shown, cache["pattern", 1][0, :, -1].numpy())
+    assert len(fig.axes[0].get_xticklabels()) == 9
+
+
+def test_size_vs_target_draws_one_line_per_model_at_the_mean_edges():
+    rows = [("sparse", "a", t, e, 0.01) for t, e in ((0.1, 10), (0.3, 4))]
+    rows += [("dense", "a", t, e, 0.01) for t, e in ((0.1, 100), (0.3, 40))]
+    table = pd.DataFrame(rows, columns=["model", "task", "target_loss", "edges", "full_model_loss"])
+    ax = plot_size_vs_target(size_vs_target(table))
+    lines = {line.get_label(): line for line in ax.get_lines()}
+    assert set(lines) == {"sparse", "dense"}
+    np.testing.assert_allclose(lines["dense"].get_xdata(), [100, 40])
+    np.testing.assert_allclose(lines["dense"].get_ydata(), [0.1, 0.3])

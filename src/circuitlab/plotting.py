@@ -7,6 +7,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import networkx as nx
 import pandas as pd
+from torch import Tensor
 
 from circuitlab.circuit import Circuit, Node, sublayer_order
 from circuitlab.model import NODE_LOCATIONS
@@ -175,6 +176,20 @@ def plot_size_vs_target(summary: pd.DataFrame, ax: plt.Axes | None = None) -> pl
     ax.set_title("circuit size against target loss (labels: tasks averaged)")
     ax.legend()
     return ax
+
+
+def plot_last_token_attention(model, tokens: Tensor, layer: int | None = None) -> plt.Figure:
+    """Where each head of `layer` (default: the last) attends from the last position of one prompt
+    (`tokens`: [1, pos]), read from a TransformerLens `ActivationCache`."""
+    layer = model.cfg.n_layers - 1 if layer is None else layer
+    _, cache = model.run_with_cache(tokens)
+    pattern = cache["pattern", layer][0, :, -1].numpy()  # [head, key_pos]
+    labels = model.to_str_tokens(tokens[0])
+    fig, ax = plt.subplots(figsize=(10, 3))
+    ax.imshow(pattern, aspect="auto", cmap="Blues")
+    ax.set_xticks(range(len(labels)), [repr(t)[1:-1] for t in labels], rotation=90, fontsize=7)
+    ax.set(ylabel="head", title=f"layer {layer}: attention from the last token")
+    return fig
 
 
 # -------------------------------------------------------------------------------------------- training (01)
