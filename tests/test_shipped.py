@@ -9,9 +9,9 @@ import pytest
 
 from circuitlab import SparseTransformer, tasks
 from circuitlab.checkpoint import CheckpointError
-from circuitlab.circuit import load_circuits
+from circuitlab.circuit import Circuit, load_circuits
 from circuitlab.evaluate import task_scores
-from circuitlab.paths import CHECKPOINTS_DIR, CIRCUITS_DIR
+from circuitlab.paths import CHECKPOINTS_DIR, CIRCUITS_DIR, CONTROLS_DIR
 from circuitlab.prune import report_pairs
 
 
@@ -61,3 +61,32 @@ def test_a_foreign_config_over_the_shipped_weights_is_refused(tmp_path):
     shutil.copy(CHECKPOINTS_DIR / "dense" / "config.json", copy / "config.json")  # same shapes, AbsTopK off
     with pytest.raises(CheckpointError, match=r"config\.json does not belong to .*afrac"):
         SparseTransformer.from_pretrained(copy)
+
+
+def test_the_shipped_controls_stay_at_chance_and_the_method_does_not():
+    table = pd.read_csv(CONTROLS_DIR / "sparse" / "controls.csv", index_col="control")
+    shipped = Circuit.load(CIRCUITS_DIR / "sparse" / "single_double_quote")
+    method = table.loc["mean ablation (the method)"]
+    assert (method.nodes, method.edges) == (shipped.n_nodes, shipped.n_edges)  # the shipped run stands for it
+    assert method.task_loss == pytest.approx(shipped.task_loss, abs=1e-4) and method.trained_calibrated_loss < 0.15
+    for control in ("random model", "nonsense task"):
+        assert table.loc[control, "task_loss"] >= math.log(2) - 0.01
+        assert table.loc[control, "trained_calibrated_loss"] >= math.log(2) - 0.01
+
+
+def test_the_shipped_attribution_baseline_needs_more_edges_at_every_target():
+    curve = pd.read_csv(CONTROLS_DIR / "sparse" / "edges_vs_loss.csv").pivot(
+        index="target_loss", columns="method", values="edges"
+    )
+    assert len(curve) == 4 and (curve.attribution > curve.learned).all()
+
+
+def test_the_shipped_size_table_covers_every_target_and_cleanup_only_shrinks_circuits():
+    sizes = pd.read_csv(CIRCUITS_DIR / "size_vs_target.csv")
+    assert set(sizes.model) == {"sparse", "dense"} and set(sizes.target_loss) == {0.05, 0.1, 0.15, 0.3}
+    assert (sizes.groupby(["model", "task"]).size() == 4).all()
+    for model, circuits in {name: load_circuits(CIRCUITS_DIR / name) for name in ("sparse", "dense")}.items():
+        uncleaned = sizes[(sizes.model == model) & (sizes.target_loss == 0.15)].set_index("task").edges
+        for task, circuit in circuits.items():
+            if task in uncleaned and circuit.search.get("removed_by_cleanup", 0):
+                assert circuit.n_edges <= uncleaned[task]  # the same search, then cleanup
