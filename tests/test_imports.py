@@ -13,7 +13,7 @@ import circuitlab
 PACKAGE = Path(circuitlab.__file__).parent
 
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("paths", "settings", "fused", "discretize", "tasks.codegen"),  # no project imports
+    ("paths", "settings", "tables", "fused", "discretize", "tasks.codegen"),  # no project imports
     ("config", "abstopk", "tokenizer", "snapshot", "tasks.core"),  # tasks.core frames prompts with tasks.codegen
     # the task families; checkpoint: every on-disk format of models and training state
     ("tasks.strings", "tasks.brackets", "tasks.variables", "tasks.control", "tasks.definitions", "tasks.syntax"),
