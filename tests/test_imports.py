@@ -25,7 +25,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("corpus",),  # reading the token streams
     ("prune", "train", "evaluate", "handbook"),
     ("search", "controls"),  # each runs the pruner (search: in worker processes)
-    ("make_circuits", "make_controls"),  # the commands that make data/circuits/ and data/controls/
+    ("make_circuits", "make_controls", "sweep"),  # the commands that make data/circuits/, controls/ and frontier/
     ("circuitlab",),  # the package's own __init__
 )
 """A module may import only from a layer below its own."""
