@@ -13,7 +13,7 @@ import circuitlab
 PACKAGE = Path(circuitlab.__file__).parent
 
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("paths", "settings", "fused", "discretize", "tasks.codegen"),  # no project imports
+    ("paths", "settings", "tables", "fused", "discretize", "tasks.codegen"),  # no project imports
     ("config", "abstopk", "tokenizer", "snapshot", "tasks.core"),  # tasks.core frames prompts with tasks.codegen
     # the task families; checkpoint: every on-disk format of models and training state
     ("tasks.strings", "tasks.brackets", "tasks.variables", "tasks.control", "tasks.definitions", "tasks.syntax"),
@@ -25,7 +25,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("corpus",),  # reading the token streams
     ("prune", "train", "evaluate", "handbook"),
     ("search", "controls"),  # each runs the pruner (search: in worker processes)
-    ("make_circuits", "make_controls"),  # the commands that make data/circuits/ and data/controls/
+    ("make_circuits", "make_controls", "sweep"),  # the commands that make data/circuits/, controls/ and frontier/
     ("circuitlab",),  # the package's own __init__
 )
 """A module may import only from a layer below its own."""

@@ -11,14 +11,13 @@ Both are resumable: a task whose circuit (or whose rows in the table) exists is 
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import time
 from pathlib import Path
 
 import torch
 
-from circuitlab import settings, tasks
+from circuitlab import settings, tables, tasks
 from circuitlab.model import SparseTransformer
 from circuitlab.prune import PRETRAINING_ROWS, PruneConfig, prune, prune_targets, sample_pretraining_tokens
 
@@ -65,13 +64,8 @@ def save_circuits(model, names, out: Path, overwrite: bool, overrides: dict, pre
 
 
 def append_size_table(model, label: str, names, targets, table: Path, overrides: dict, pretraining_tokens) -> None:
-    done = set()
-    if table.exists():
-        with table.open() as file:
-            done = {(row["model"], row["task"]) for row in csv.DictReader(file)}
-    else:
-        table.parent.mkdir(parents=True, exist_ok=True)
-        table.write_text(",".join(TABLE_COLUMNS) + "\n")
+    tables.start_table(table, TABLE_COLUMNS)
+    done = {(row["model"], row["task"]) for row in tables.read_rows(table)}
     for name in names:
         if (label, name) in done:
             print(f"{label}/{name}: in {table}, skipped")
@@ -87,12 +81,21 @@ def append_size_table(model, label: str, names, targets, table: Path, overrides:
         )
         seconds = round(time.perf_counter() - start, 1)
         rows = [
-            (label, name, target, c.n_nodes, c.n_edges, round(c.task_loss, 5), round(c.full_model_loss, 5), seconds)
+            {
+                "model": label,
+                "task": name,
+                "target_loss": target,
+                "nodes": c.n_nodes,
+                "edges": c.n_edges,
+                "task_loss": round(c.task_loss, 5),
+                "full_model_loss": round(c.full_model_loss, 5),
+                "seconds": seconds,
+            }
             for target, c in circuits.items()
         ]
-        with table.open("a") as file:  # one task's rows at a time, so an interrupted run resumes
-            csv.writer(file).writerows(rows)
-        print(json.dumps({"model": label, "task": name, "edges": [r[4] for r in rows], "seconds": seconds}), flush=True)
+        tables.append_rows(table, TABLE_COLUMNS, rows)  # one task's rows at a time, so an interrupted run resumes
+        edges = [row["edges"] for row in rows]
+        print(json.dumps({"model": label, "task": name, "edges": edges, "seconds": seconds}), flush=True)
 
 
 def main(argv: list[str] | None = None) -> None:
