@@ -29,6 +29,9 @@ def test_size_comparison_is_the_geometric_mean_over_tasks_both_models_solve():
     assert list(table.solved) == [True, True, False]  # the dense model misses the target on "c"
     assert list(table.edge_ratio) == [4.0, 64.0, 9.0] and list(table.node_ratio) == [4.0, 2.0, 64.0]
     assert ratio == pytest.approx(16.0)  # sqrt(4 * 64): "c" is left out
+    sparse["d"], dense["d"] = counted_circuit("d", 0, 0, 0.0), counted_circuit("d", 0, 0, 0.0)  # e.g. else_elif
+    table, ratio = size_comparison(sparse, dense)
+    assert table.set_index("task").loc["d", "edge_ratio"] == 1.0 and ratio == pytest.approx(16.0 ** (2 / 3))
 
 
 def test_seed_spread_is_largest_over_smallest_over_tasks_every_run_pruned():

@@ -35,8 +35,8 @@ def size_comparison(sparse: dict[str, Circuit], dense: dict[str, Circuit]) -> tu
     table = pd.DataFrame(rows)
     if table.empty:
         return table, float("nan")
-    table["node_ratio"] = table.dense_nodes / table.sparse_nodes.clip(lower=1)
-    table["edge_ratio"] = table.dense_edges / table.sparse_edges.clip(lower=1)
+    for size in ("nodes", "edges"):  # a circuit of size 0 counts as 1, as in `geometric_mean`
+        table[f"{size[:-1]}_ratio"] = table[f"dense_{size}"].clip(lower=1) / table[f"sparse_{size}"].clip(lower=1)
     return table, geometric_mean(table[table.solved].edge_ratio)
 
 
