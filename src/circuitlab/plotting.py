@@ -7,6 +7,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import networkx as nx
 import pandas as pd
+from matplotlib.ticker import ScalarFormatter
 from torch import Tensor
 
 from circuitlab.circuit import Circuit, Node, sublayer_order
@@ -175,6 +176,49 @@ def plot_size_vs_target(summary: pd.DataFrame, ax: plt.Axes | None = None) -> pl
     ax.set(xscale="log", yscale="log", xlabel="circuit edges (geometric mean over tasks)", ylabel="target loss")
     ax.set_title("circuit size against target loss (labels: tasks averaged)")
     ax.legend()
+    return ax
+
+
+def plot_frontier(
+    points: pd.DataFrame, edges: str, spread: pd.DataFrame | None = None, ax: plt.Axes | None = None
+) -> plt.Axes:
+    """The paper's Figure 3: validation loss (x) against geometric-mean circuit edges (y, column `edges` of a
+    `frontier.frontier_points` table); colour = total parameters (one per width), marker area = nonzero
+    parameters, squares = dense baselines, dotted lines join models of equal nonzero weights. With `spread` (a
+    `frontier.pruning_spread` table) its model carries an error bar from its smallest to its largest seed,
+    rescaled to this plot's value for it. Down and left is better."""
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6, 4.5))
+    widths = sorted(points.width.unique())
+    colours = dict(
+        zip(widths, plt.cm.viridis([i / max(1, len(widths) - 1) * 0.85 for i in range(len(widths))]), strict=True)
+    )
+    area = 300 * points.nonzero_params / points.nonzero_params.max()
+    columns = (points.model, points.width, points.dense, points.val_loss, points[edges], area)
+    for model, width, dense, loss, y, size in zip(*columns, strict=True):
+        marker = "s" if dense else "o"
+        ax.scatter(loss, y, s=size, color=colours[width], marker=marker, edgecolor="black", linewidth=0.5, alpha=0.85)
+        ax.annotate(model, (loss, y), textcoords="offset points", xytext=(6, 3), fontsize=7)
+    for _, same_budget in points[~points.dense].groupby("budget"):
+        same_budget = same_budget.sort_values("width")
+        ax.plot(same_budget.val_loss, same_budget[edges], ":", color="grey", lw=0.8)
+    if spread is not None and not spread.empty:
+        for model, seeds in spread.groupby("model"):
+            at = points[points.model == model]
+            if len(at):
+                y, scale = float(at[edges].iloc[0]), float(at[edges].iloc[0]) / seeds.edges.iloc[0]
+                low, high = seeds.edges.min() * scale, seeds.edges.max() * scale
+                ax.errorbar(at.val_loss, [y], yerr=[[y - low], [high - y]], color="black", capsize=3, lw=1)
+    for width in widths:
+        ax.scatter(
+            [],
+            [],
+            color=colours[width],
+            label=f"width {width} ({points[points.width == width].total_params.iloc[0]:,} params)",
+        )
+    ax.set(yscale="log", xlabel="validation loss on held-out real code", ylabel="circuit edges (geometric mean)")
+    ax.yaxis.set_major_formatter(ScalarFormatter())
+    ax.legend(fontsize=7)
     return ax
 
 
