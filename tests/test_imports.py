@@ -22,7 +22,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("compat", "tasks"),
     ("synthetic", "circuit"),
     ("build", "plotting", "explorer", "compare", "printout"),  # build: the snapshot, tokenizer and token stream files
-    ("corpus",),  # reading the token streams
+    ("corpus", "frontier"),  # reading the token streams; reading a sweep's tables (chapter 08)
     ("prune", "train", "evaluate", "handbook"),
     ("search", "controls"),  # each runs the pruner (search: in worker processes)
     ("make_circuits", "make_controls", "sweep"),  # the commands that make data/circuits/, controls/ and frontier/
