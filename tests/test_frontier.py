@@ -56,10 +56,13 @@ def write_tables(directory, noise_edges=None, search_trials=None):
     return frontier.load(directory)
 
 
-def test_models_gain_their_budget_in_round_thousands_and_dense_ones_none(tmp_path):
+def test_models_gain_the_budget_their_name_gives_and_dense_ones_none(tmp_path):
     models = write_tables(tmp_path).models.set_index("model")
     assert models.loc["w128_nz30k", "budget"] == 30000 and models.loc["w64_nz60k", "budget"] == 60000
     assert models.loc["w128_dense", "dense"] and pd.isna(models.loc["w128_dense", "budget"])
+    assert frontier.grid_budget("w64_nz4500") == 4500
+    with pytest.raises(ValueError, match="model 'big' is not named as circuitlab.sweep names them"):
+        frontier.grid_budget("big")
 
 
 def test_points_average_over_the_tasks_every_compared_model_solves(tmp_path):

@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from circuitlab import sweep, tables, tasks
+from circuitlab.frontier import grid_budget
 from circuitlab.sweep import CIRCUIT_COLUMNS, MODEL_COLUMNS, NOISE_COLUMNS, TABLES, load_sweep, main
 from circuitlab.train import TrainingDiverged, train
 
@@ -61,6 +62,7 @@ def test_the_frontier_grid_expands_to_its_models_and_budgets():
             assert (plan.model.weight_l0, plan.model.embed_l0, plan.model.afrac, plan.train.lr) == (1, 1, None, 0.01)
         else:
             assert plan.model.weight_l0 == pytest.approx(budgets[kind] / hidden)
+            assert grid_budget(plan.name) == budgets[kind]  # chapter 08 reads the budget back from the name
             assert (plan.model.embed_l0, plan.model.afrac, plan.train.lr) == (0.25, 0.25, 0.02)
     assert frontier.tasks == list(tasks.PAPER_TASKS)
     assert frontier.noise is not None and frontier.noise.model in [plan.name for plan in frontier.models]

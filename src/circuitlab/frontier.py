@@ -12,6 +12,7 @@ here is made over the tasks *all* the compared models solve (`shared_tasks`), an
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,8 +28,9 @@ GROUPINGS = {"budget": "width", "width": "budget"}  # a trend holds one of these
 @dataclass(frozen=True)
 class FrontierTables:
     """A sweep's three tables (see `circuitlab.sweep`): one row per model, per model and task, and per pruning seed
-    of the noise model's tasks. `models` gains `dense` and `budget` (nonzero hidden weights in the grid's round
-    thousands; NaN for a dense model)."""
+    of the noise model's tasks. `models` gains `dense` and `budget`, the nonzero hidden weights the grid asked
+    for (read from the model's name, `w256_nz30k`; NaN for a dense model). `nonzero_hidden` is what training kept:
+    above the budget where `min_weights_per_unit` keeps more (e.g. 32,211 for `w256_nz30k`)."""
 
     models: pd.DataFrame
     circuits: pd.DataFrame
@@ -46,10 +48,21 @@ def load(directory: str | Path = FRONTIER_DIR) -> FrontierTables:
         )
     models = pd.read_csv(directory / "models.csv")
     models["dense"] = models.weight_l0 >= 1
-    models["budget"] = models.nonzero_hidden.round(-3).where(~models.dense)
+    models["budget"] = models.model.map(grid_budget)
     noise_path = directory / "noise.csv"
     noise = pd.read_csv(noise_path) if noise_path.is_file() else pd.DataFrame(columns=["model", "task", "seed"])
     return FrontierTables(models, pd.read_csv(directory / "circuits.csv"), noise)
+
+
+def grid_budget(name: str) -> float:
+    """The nonzero budget in a sweep model's name (`w128_nz60k` -> 60000, `w64_nz4500` -> 4500); NaN for a dense
+    baseline (`w128_dense`)."""
+    match = re.fullmatch(r"w\d+_nz(\d+)(k?)", name)
+    if match is None:
+        if not re.fullmatch(r"w\d+_dense", name):
+            raise ValueError(f"model {name!r} is not named as circuitlab.sweep names them (w128_nz60k, w128_dense)")
+        return float("nan")
+    return float(int(match[1]) * (1000 if match[2] else 1))
 
 
 def solved_edges(circuits: pd.DataFrame) -> pd.DataFrame:
