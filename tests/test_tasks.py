@@ -7,10 +7,10 @@ import random
 import pytest
 import torch
 
-from circuitlab import evaluate, tasks
+from circuitlab import tasks
 from circuitlab.tasks import Datapoint, Instance, Task, make_batch, task_accuracy, task_loss
 
-CASE_STUDIES = (*evaluate.CASE_STUDIES, "set_or_string_fixedvarname")  # and set_or_string with a fixed name
+CASE_STUDIES = ("single_double_quote", "bracket_counting", "set_or_string", "set_or_string_fixedvarname")
 
 
 @pytest.fixture(scope="module")
