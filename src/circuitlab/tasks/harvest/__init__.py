@@ -52,10 +52,9 @@ def harvest_source(name: str, source: str) -> list[Datapoint]:
         )
     harvester, candidates = HARVESTERS[name], get(name).candidates
     continued_by = harvester.continued_by or candidates
-    code = Code(source)
     try:
-        code.tree, code.tokens  # noqa: B018  (parse once, here, so that only unparsable files are skipped)
-    except (SyntaxError, tokenize.TokenError, ValueError):  # ValueError: a null byte, before Python 3.12
+        code = Code(source)
+    except (SyntaxError, tokenize.TokenError, ValueError):
         return []
     return [
         Datapoint(source[:cut], candidates[index], candidates[1 - index])

@@ -12,8 +12,7 @@ from circuitlab.tasks.harvest.scan import Code, Cut, calls, harvests
 def _parameter_after_a_parameter(code: Code) -> Iterator[Cut]:
     """A positional parameter after another one: after a parameter with a default it takes one too (here
     ``=None``); after parameters without any, the signature may close (``):`` and the line's end)."""
-    functions: list[ast.FunctionDef | ast.AsyncFunctionDef] = [*code.nodes(ast.FunctionDef)]
-    for function in functions + [*code.nodes(ast.AsyncFunctionDef)]:
+    for function in code.functions():
         parameters = function.args.posonlyargs + function.args.args
         first_default = len(parameters) - len(function.args.defaults)
         for position, parameter in enumerate(parameters[1:], start=1):

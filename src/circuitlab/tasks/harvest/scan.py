@@ -29,18 +29,13 @@ Cut = tuple[int, int]
 
 
 class Code:
-    """One file's source, with its syntax tree, tokens and pre-tokens computed on first use."""
+    """One file's source, parsed: its syntax tree and tokens (SyntaxError, tokenize.TokenError or, before Python
+    3.12, ValueError for code that is not Python), pre-tokens and line offsets computed on first use."""
 
     def __init__(self, text: str):
         self.text = text
-
-    @cached_property
-    def tree(self) -> ast.Module:
-        return ast.parse(self.text)
-
-    @cached_property
-    def tokens(self) -> list[tokenize.TokenInfo]:
-        return list(tokenize.generate_tokens(io.StringIO(self.text).readline))
+        self.tree = ast.parse(text)
+        self.tokens = list(tokenize.generate_tokens(io.StringIO(text).readline))
 
     @cached_property
     def pretokens(self) -> dict[int, str]:
@@ -89,6 +84,10 @@ class Code:
     def nodes(self, kind: type[Node]) -> Iterator[Node]:
         """The syntax nodes of one kind, in no particular order."""
         return (node for node in ast.walk(self.tree) if isinstance(node, kind))
+
+    def functions(self) -> Iterator[ast.FunctionDef | ast.AsyncFunctionDef]:
+        """Every function definition, ``async`` or not."""
+        return (node for node in ast.walk(self.tree) if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)))
 
 
 def calls(node: ast.AST, *names: str) -> str | None:

@@ -12,7 +12,7 @@ from circuitlab.tasks.harvest.scan import Code, Cut, harvests
 def _set_or_string_use(code: Code) -> Iterator[Cut]:
     """A variable starting its line, last given ``set()`` or a string earlier in its scope, then used by
     ``.add`` or `` +=`` as that type allows."""
-    for scope in [code.tree, *code.nodes(ast.FunctionDef), *code.nodes(ast.AsyncFunctionDef)]:
+    for scope in [code.tree, *code.functions()]:
         given: dict[str, list[tuple[int, str]]] = {}  # name -> (line, kind of value) for each assignment
         uses: list[tuple[ast.Name, str]] = []
         for node in _walk_scope(scope):
