@@ -151,7 +151,7 @@ def report(checkpoints: list[Path], n_pairs: int) -> str:
     natural = pd.DataFrame(
         {name: {task: natural_scores(model, task) for task in tasks.HARVESTED} for name, model in models.items()}
     )
-    natural_text = natural.map(lambda s: f"{_percent(s['accuracy'])} ({s['loss']:.3f}, n={s['n']})")
+    natural_text = natural.map(lambda s: f"{s['accuracy']:.1%} ({s['loss']:.3f}, n={s['n']})" if s["n"] else "– (n=0)")
     return "\n\n".join(
         [
             "### Training (from each folder's train_config.json and metrics.csv)",
