@@ -1,10 +1,20 @@
-"""The evaluation command: any number of pairs, and clear errors for bad options and folders; the weight report."""
+"""The evaluation command: any number of pairs, natural instances against templated pairs, and clear errors for bad
+options and folders; the weight report."""
+
+import math
 
 import pytest
 import torch
 
 from circuitlab import tasks
-from circuitlab.evaluate import main, nonzero_weights, task_scores, weight_report
+from circuitlab.evaluate import (
+    main,
+    natural_against_templated,
+    natural_scores,
+    nonzero_weights,
+    task_scores,
+    weight_report,
+)
 from circuitlab.model import SparseTransformer
 from circuitlab.paths import CHECKPOINTS_DIR
 from circuitlab.sparsity import project_topk_
@@ -26,12 +36,39 @@ def test_a_number_of_pairs_below_the_batch_size_is_scored(sparse):
         task_scores(sparse, "bracket_counting", n_pairs=0)
 
 
+def test_natural_scores_count_the_instances_and_the_commoner_answer(sparse):
+    points = tasks.harvest("while_return_true", "val", limit=8)
+    scores = natural_scores(sparse, "while_return_true", limit=8)
+    commoner = max(sum(p.target == answer for p in points) for answer in tasks.get("while_return_true").candidates)
+    assert scores["n"] == len(points) == 8 and scores["commoner"] == commoner / 8
+    assert 0 <= scores["accuracy"] <= 1 and scores["loss"] > 0
+
+
+def test_a_split_without_instances_scores_nan(sparse, monkeypatch):
+    monkeypatch.setattr(tasks, "harvest", lambda name, split, limit: [])
+    scores = natural_scores(sparse, "with_open")
+    assert scores["n"] == 0 and math.isnan(scores["accuracy"]) and math.isnan(scores["commoner"])
+
+
+def test_the_natural_table_has_a_row_per_harvested_task(sparse, monkeypatch):
+    monkeypatch.setattr(tasks, "HARVESTED", ("while_return_true", "lambda_func"))
+    table = natural_against_templated({"sparse": sparse}, n_pairs=5, limit=4)
+    assert list(table.index) == ["while_return_true", "lambda_func"]
+    assert list(table.columns) == ["n natural", "commoner answer", "sparse: natural", "sparse: templated"]
+    assert (table["n natural"] == 4).all()
+
+
 @pytest.mark.parametrize(
-    ("pairs", "message"), [("0", "--pairs=0 must be at least 1"), ("2.5", "--pairs=2.5 is not a whole number")]
+    ("option", "message"),
+    [
+        (["--pairs", "0"], "--pairs=0 must be at least 1"),
+        (["--pairs", "2.5"], "--pairs=2.5 is not a whole number"),
+        (["--natural", "0"], "--natural=0 must be at least 1"),
+    ],
 )
-def test_bad_pairs_are_refused_before_any_model_loads(pairs, message, capsys):
+def test_bad_options_are_refused_before_any_model_loads(option, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        main(["nowhere", "--pairs", pairs])
+        main(["nowhere", *option])
     assert exit_info.value.code == 2 and message in capsys.readouterr().err
 
 

@@ -17,7 +17,8 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("config", "abstopk", "tokenizer", "snapshot", "tasks.core"),  # tasks.core frames prompts with tasks.codegen
     # the task families; checkpoint: every on-disk format of models and training state
     ("tasks.strings", "tasks.brackets", "tasks.variables", "tasks.control", "tasks.definitions", "tasks.syntax"),
-    ("checkpoint",),
+    ("checkpoint", "tasks.harvest.scan"),  # tasks.harvest.scan: reading one file's code for the harvesters
+    tuple(f"tasks.harvest.{family}" for family in ("strings", "brackets", "variables", "control", "definitions")),
     ("sparsity", "model", "tasks.harvest"),
     ("compat", "tasks"),
     ("synthetic", "circuit"),

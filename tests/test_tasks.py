@@ -1,4 +1,5 @@
-"""Tasks: contrast pairs, disjoint splits, single-token candidates, batches, the task loss, harvesting."""
+"""Tasks: contrast pairs, disjoint splits, single-token candidates, batches, the task loss (harvesting:
+test_harvest.py)."""
 
 import math
 import random
@@ -6,10 +7,10 @@ import random
 import pytest
 import torch
 
-from circuitlab import evaluate, tasks
+from circuitlab import tasks
 from circuitlab.tasks import Datapoint, Instance, Task, make_batch, task_accuracy, task_loss
 
-CASE_STUDIES = (*evaluate.CASE_STUDIES, "set_or_string_fixedvarname")  # and set_or_string with a fixed name
+CASE_STUDIES = ("single_double_quote", "bracket_counting", "set_or_string", "set_or_string_fixedvarname")
 
 
 @pytest.fixture(scope="module")
@@ -193,60 +194,6 @@ def test_task_loss_rejects_mismatched_logits():
         task_loss(logits[:, :2], batch)
     with pytest.raises(ValueError, match="reduction must be"):
         task_loss(logits, batch, "max")
-
-
-# ----------------------------------------------------------------------------------------------- harvesting
-
-SOURCE = """import os
-
-
-def collect(items):
-    name = "hello world"
-    other = 'ends with a dot.'
-    seen = set()
-    text = ""
-    count = 0
-    for x in items:
-        seen.add(x)
-        text += x
-        count += 1
-    matrix = [[1, 2], [3, 4]]
-    flat = [1, 2, c]
-    pick = table[k]
-    nested = [
-        [1, 2],
-        [3, x]]
-    return seen
-"""
-
-
-def test_harvest_string_closings():
-    points = tasks.harvest_source("single_double_quote", SOURCE)
-    assert [(p.prompt[-12:], p.target, p.alternative) for p in points] == [('"hello world', '"\n', "'\n")]
-
-
-def test_harvest_list_closings_at_depth_one_and_two():
-    points = tasks.harvest_source("bracket_counting", SOURCE)
-    assert [(p.prompt.splitlines()[-1], p.target, p.alternative) for p in points] == [
-        ("    matrix = [[1, 2], [3, 4", "]]\n", "]\n"),
-        ("    flat = [1, 2, c", "]\n", "]]\n"),
-        ("        [3, x", "]]\n", "]\n"),
-    ]
-    assert all(SOURCE.startswith(p.prompt) for p in points)
-
-
-def test_harvest_set_and_string_uses():
-    points = tasks.harvest_source("set_or_string", SOURCE)
-    assert [(p.prompt[-12:], p.target, p.alternative) for p in points] == [
-        ("        seen", ".add", " +="),
-        ("        text", " +=", ".add"),
-    ]
-
-
-def test_harvest_skips_unparsable_code_and_rejects_other_tasks():
-    assert tasks.harvest_source("set_or_string", "def f(:\n") == []
-    with pytest.raises(ValueError, match="harvesting exists for"):
-        tasks.harvest_source("bool_flip", SOURCE)
 
 
 def test_random_label_control_keeps_prompts_and_scrambles_answers():

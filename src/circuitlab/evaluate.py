@@ -2,13 +2,17 @@
 how many of its weights survive (`weight_report`).
 
 python -m circuitlab.evaluate data/checkpoints/sparse data/checkpoints/dense --out data/checkpoints/README.md
+python -m circuitlab.evaluate data/checkpoints/sparse data/checkpoints/dense --pairs 200 --natural 500
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
+import time
+from collections import Counter
 from pathlib import Path
 
 import pandas as pd
@@ -20,8 +24,6 @@ from circuitlab.corpus import TokenSampler, load_token_streams
 from circuitlab.model import SparseTransformer
 from circuitlab.settings import SettingsError
 from circuitlab.tasks import make_batch, task_accuracy, task_loss
-
-CASE_STUDIES = ("single_double_quote", "bracket_counting", "set_or_string")
 
 
 @torch.no_grad()
@@ -52,15 +54,39 @@ def task_scores(model: SparseTransformer, name: str, n_pairs: int = 500, batch_p
 def natural_scores(
     model: SparseTransformer, name: str, split: str = "val", limit: int | None = None
 ) -> dict[str, float]:
-    """Accuracy on instances harvested from held-out real code (prompts keep their last n_ctx tokens)."""
+    """Accuracy and mean task loss on instances harvested from held-out real code (prompts keep their last n_ctx
+    tokens), their number ``n``, and ``commoner``: the share of the commoner answer, the accuracy of always
+    guessing it (NaN scores when the split has none)."""
     points = tasks.harvest(name, split=split, limit=limit)
+    if not points:
+        return {"accuracy": math.nan, "loss": math.nan, "n": 0, "commoner": math.nan}
     accuracies, losses = [], []
     for start in range(0, len(points), 50):
         batch = make_batch(model.tokenizer, points[start : start + 50], n_ctx=model.cfg.n_ctx)
         logits = model(batch.tokens)
         accuracies.append(task_accuracy(logits, batch) * len(batch))
         losses.append(task_loss(logits, batch, reduction="sum").item())
-    return {"accuracy": sum(accuracies) / len(points), "loss": sum(losses) / len(points), "n": len(points)}
+    commoner = Counter(point.target for point in points).most_common(1)[0][1]
+    n = len(points)
+    return {"accuracy": sum(accuracies) / n, "loss": sum(losses) / n, "n": n, "commoner": commoner / n}
+
+
+def natural_against_templated(models: dict[str, SparseTransformer], n_pairs: int, limit: int | None) -> pd.DataFrame:
+    """One row per harvested task: its natural instances in the val split (at most ``limit``; their number and
+    the commoner answer's share), and each model's accuracy on them and on ``n_pairs`` templated test pairs."""
+    rows = {}
+    for task in tasks.HARVESTED:
+        scores = {name: natural_scores(model, task, limit=limit) for name, model in models.items()}
+        first = next(iter(scores.values()))
+        rows[task] = {"n natural": first["n"], "commoner answer": _percent(first["commoner"])}
+        for name, model in models.items():
+            rows[task][f"{name}: natural"] = _percent(scores[name]["accuracy"])
+            rows[task][f"{name}: templated"] = _percent(task_scores(model, task, n_pairs)["accuracy"])
+    return pd.DataFrame(rows).T
+
+
+def _percent(fraction: float) -> str:
+    return "–" if math.isnan(fraction) else f"{fraction:.1%}"
 
 
 def nonzero_weights(model: SparseTransformer) -> int:
@@ -123,9 +149,9 @@ def report(checkpoints: list[Path], n_pairs: int) -> str:
     )
     by_task = accuracy.map(lambda s: f"{s['accuracy']:.1%} ({s['loss']:.3f})")
     natural = pd.DataFrame(
-        {name: {task: natural_scores(model, task) for task in CASE_STUDIES} for name, model in models.items()}
+        {name: {task: natural_scores(model, task) for task in tasks.HARVESTED} for name, model in models.items()}
     )
-    natural_text = natural.map(lambda s: f"{s['accuracy']:.1%} ({s['loss']:.3f}, n={s['n']})")
+    natural_text = natural.map(lambda s: f"{s['accuracy']:.1%} ({s['loss']:.3f}, n={s['n']})" if s["n"] else "– (n=0)")
     return "\n\n".join(
         [
             "### Training (from each folder's train_config.json and metrics.csv)",
@@ -145,6 +171,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("checkpoints", nargs="+", type=Path)
     parser.add_argument("--pairs", default="500", help="held-out pairs per task (at least 1)")
     parser.add_argument("--out", type=Path, help="write the markdown here instead of printing it")
+    parser.add_argument(
+        "--natural",
+        type=int,
+        metavar="LIMIT",
+        help="print only natural against templated accuracy on the harvested tasks, at most LIMIT natural "
+        "instances per task (held-out val files), and the wall time",
+    )
     args = parser.parse_args(argv)
     try:
         pairs = settings.coerce(args.pairs, int, "--pairs")
@@ -152,6 +185,11 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(str(err))
     if pairs < 1:
         parser.error(f"--pairs={pairs} must be at least 1")
+    if args.natural is not None and args.natural < 1:
+        parser.error(f"--natural={args.natural} must be at least 1")
+    if args.natural is not None:
+        _print_natural(args.checkpoints, pairs, args.natural)
+        return
     try:
         text = report(args.checkpoints, pairs)
     except (CheckpointError, SettingsError, FileNotFoundError) as err:
@@ -161,6 +199,16 @@ def main(argv: list[str] | None = None) -> None:
         header = f"# The shipped models\n\nEvaluated by `{command}`; the README says how each was trained.\n\n"
         args.out.write_text(header + text + "\n")
     print(text)
+
+
+def _print_natural(checkpoints: list[Path], pairs: int, limit: int) -> None:
+    started = time.perf_counter()
+    try:
+        models = {path.name: SparseTransformer.from_pretrained(path) for path in checkpoints}
+    except (CheckpointError, SettingsError, FileNotFoundError) as err:
+        sys.exit(f"circuitlab.evaluate: error: {err}")
+    print(natural_against_templated(models, pairs, limit).to_markdown())
+    print(f"\n{time.perf_counter() - started:.0f} s, {torch.get_num_threads()} thread(s)")
 
 
 if __name__ == "__main__":

@@ -5,8 +5,9 @@ registry), :mod:`~circuitlab.tasks.codegen` the code vocabulary and line generat
 synthetic corpus share, one module per task family defines and registers its tasks, and
 :mod:`~circuitlab.tasks.harvest` finds natural instances in the corpus snapshot. Importing the package
 registers every task: the paper's twenty (``PAPER_TASKS``, the suite circuit sizes are averaged over) and the
-extras; ``names()`` lists them all, the twenty first. The package exports the framework and the harvester; the
-code vocabulary is imported from :mod:`~circuitlab.tasks.codegen` itself.
+extras; ``names()`` lists them all, the twenty first, and ``HARVESTED`` the paper's tasks with natural
+instances. The package exports the framework and the harvester; the code vocabulary is imported from
+:mod:`~circuitlab.tasks.codegen` itself.
 """
 
 from circuitlab.tasks import brackets, control, definitions, strings, syntax, variables  # noqa: F401  (register)
@@ -37,9 +38,10 @@ from circuitlab.tasks.core import (
     task_loss,
     with_random_labels,
 )
-from circuitlab.tasks.harvest import harvest, harvest_source
+from circuitlab.tasks.harvest import HARVESTED, harvest, harvest_source
 
 __all__ = [
+    "HARVESTED",
     "MAX_DRAWS_PER_PAIR",
     "PAPER_TASKS",
     "RENAMED",
