@@ -110,6 +110,10 @@ class Bridges(nn.Module):
         """The dense residual stream predicted from the sparse one at `site`."""
         return self.decoders[self.site_index(site)](resid_sparse)
 
+    def decoder_matrix(self, site: str | int) -> Tensor:
+        """[d_dense, d_sparse]: column `c` is the dense residual direction of the sparse residual channel `c`."""
+        return cast(nn.Linear, self.decoders[self.site_index(site)]).weight
+
     @torch.no_grad()
     def fit_least_squares(self, dense_resids: Sequence[Tensor], sparse_resids: Sequence[Tensor]) -> None:
         """Start every encoder and decoder at the least-squares linear map between the two models' residual
