@@ -18,7 +18,6 @@ KL(dense || other), as in the paper; every loss term is a mean over sites (the p
 from __future__ import annotations
 
 import json
-import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -333,7 +332,8 @@ def fit_bridges(dense: SparseTransformer, sparse: SparseTransformer, batches: Se
 @torch.no_grad()
 def bridge_report(pair: BridgedPair, tokens: Tensor) -> pd.DataFrame:
     """Per residual site: the encoder's and decoder's NMSE and the KL(dense || hybrid) of the pass that switches
-    model there, each way; `attrs["kl_sparse"]` is KL(dense || sparse) of the two whole models, for scale."""
+    model there, each way; `kl_sparse` (the same in every row) is KL(dense || sparse) of the two whole models,
+    for scale."""
     dense_resids, dense_logits = residual_stream(pair.dense, tokens)
     sparse_resids, sparse_logits = residual_stream(pair.sparse, tokens)
     rows = []
@@ -348,6 +348,5 @@ def bridge_report(pair: BridgedPair, tokens: Tensor) -> pd.DataFrame:
             }
         )
     table = pd.DataFrame(rows).set_index("site")
-    table.attrs["kl_sparse"] = kl_from(dense_logits, sparse_logits).item()
-    table.attrs["tokens"] = math.prod(tokens.shape)
+    table["kl_sparse"] = kl_from(dense_logits, sparse_logits).item()
     return table

@@ -49,7 +49,6 @@ def make_bridges(
     pair = BridgedPair(dense, sparse, bridges.eval())
     tokens = torch.cat([val.batch(i, cfg.batch_size) for i in range(REPORT_BATCHES)])
     report = bridge_report(pair, tokens)
-    report["kl_sparse"] = report.attrs["kl_sparse"]
     write_text_atomic(out_dir / bridges_module.REPORT_FILE, report.round(4).to_csv())
     return pair
 

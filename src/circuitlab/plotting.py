@@ -248,8 +248,7 @@ def plot_bridge_report(report: pd.DataFrame) -> plt.Figure:
     axes[0].set(title="reconstruction: NMSE per site", ylabel="NMSE (1 = predicting the mean)")
     hybrid = report[["kl_dense_then_sparse", "kl_sparse_then_dense"]].set_axis(labels)
     hybrid.plot.bar(ax=axes[1], rot=45)
-    if "kl_sparse" in report.attrs:
-        axes[1].axhline(report.attrs["kl_sparse"], color="grey", ls="--", label="sparse model alone")
+    axes[1].axhline(report["kl_sparse"].iloc[0], color="grey", ls="--", label="sparse model alone")
     axes[1].set(title="hybrid passes: KL(dense || hybrid) per site", ylabel="nats per token")
     axes[1].legend(fontsize=8)
     return fig

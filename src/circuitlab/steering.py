@@ -78,14 +78,18 @@ def node_effects(model: SparseTransformer, circuit: Circuit, batch: TaskBatch) -
     at s = 1, in the model itself). Sorted by `patch_effect`: the first row is the node to steer."""
     source, contrast, last = contrast_rows(batch)
     target = int(batch.target[0])
+    streams: dict[str, tuple[Tensor, Tensor, Tensor]] = {}  # site -> (source and contrast streams, p before)
     rows = []
     for node in residual_nodes(circuit):
         site = residual_site(model, node)
-        resid = model(source, stop_at=site)
-        delta = channel_delta(model, node, source, contrast)
+        if site not in streams:
+            resid = model(source, stop_at=site)
+            before = target_probability(model(resid, start_at=site, tokens=source), last, target).mean()
+            streams[site] = resid, model(contrast, stop_at=site), before
+        resid, contrast_resid, before = streams[site]
+        delta = contrast_resid[..., node.index] - resid[..., node.index]
         patched = resid.clone()
         patched[..., node.index] += delta
-        before = target_probability(model(resid, start_at=site, tokens=source), last, target).mean()
         after = target_probability(model(patched, start_at=site, tokens=source), last, target).mean()
         scale = resid[..., node.index].pow(2).mean().sqrt().clamp_min(1e-12)
         rows.append(
@@ -101,11 +105,6 @@ def node_effects(model: SparseTransformer, circuit: Circuit, batch: TaskBatch) -
             f"the {circuit.task_name} circuit has no residual-stream node to steer ({circuit.n_nodes} nodes)"
         )
     return pd.DataFrame(rows).set_index("node").sort_values("patch_effect", ascending=False)
-
-
-def best_node(model: SparseTransformer, circuit: Circuit, batch: TaskBatch) -> Node:
-    """The circuit's residual node whose contrasting value moves the model most toward candidate 0."""
-    return Node.parse(str(node_effects(model, circuit, batch).index[0]))
 
 
 @torch.no_grad()
@@ -129,7 +128,9 @@ def steering_curve(
     delta = channel_delta(pair.sparse, node, source, contrast)[..., None]  # [prompt, pos, 1]
     decoder = pair.bridges.decoder_matrix(site)  # [d_dense, d_sparse]
     taken = {n.index for n in residual_nodes(circuit)}
-    free = torch.tensor([c for c in range(pair.sparse.cfg.d_model) if c not in taken])
+    others = [c for c in range(pair.sparse.cfg.d_model) if c != node.index]
+    outside = [c for c in others if c not in taken]
+    free = torch.tensor(outside or others)  # a circuit that holds every channel leaves only other channels
     generator = torch.Generator().manual_seed(seed)
     random_channels = free[torch.randperm(len(free), generator=generator)[:n_random]]
     norm = decoder[:, node.index].norm()
@@ -155,7 +156,13 @@ def steering_curve(
             }
         )
     table = pd.DataFrame(rows).set_index("strength")
-    table.attrs.update(node=str(node), site=site, prompts=len(source), random_channels=random_channels.tolist())
+    table.attrs.update(
+        node=str(node),
+        site=site,
+        prompts=len(source),
+        random_channels=random_channels.tolist(),
+        random_outside_circuit=bool(outside),
+    )
     return table
 
 
