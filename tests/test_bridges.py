@@ -5,12 +5,14 @@ from __future__ import annotations
 import dataclasses
 import json
 
+import pandas as pd
 import pytest
 import torch
 from torch import nn
 
 from circuitlab.bridges import (
     CONFIG_FILE,
+    REPORT_FILE,
     BridgeConfig,
     BridgedPair,
     BridgeObjective,
@@ -24,6 +26,7 @@ from circuitlab.circuit import Circuit, Node
 from circuitlab.config import SparseTransformerConfig
 from circuitlab.make_bridges import main as make_bridges_main
 from circuitlab.model import SparseTransformer
+from circuitlab.paths import DATA_DIR
 from circuitlab.settings import SettingsError
 from circuitlab.sparsity import l0_schedule
 from circuitlab.steering import residual_site, steering_curve, steering_effect
@@ -184,3 +187,12 @@ def test_an_objective_keeps_the_model_first_in_adam(tiny_pair):
     groups = parameter_groups(tiny_pair.sparse, objective)
     assert [group["lr_scale"] for group in groups] == [1.0, 0.1]
     assert all(isinstance(p, nn.Parameter) for p in groups[1]["params"])
+
+
+def test_the_shipped_pair_loads_and_its_hybrid_passes_stay_close_to_the_dense_model():
+    pair = load_bridged_pair(DATA_DIR / "bridges")  # the hashes in bridges.json match both shipped checkpoints
+    assert pair.dense.cfg.afrac is None and pair.sparse.cfg.weight_l0 < 1
+    report = pd.read_csv(DATA_DIR / "bridges" / REPORT_FILE, index_col="site")
+    assert list(report.index) == pair.bridges.sites
+    assert (report[["kl_dense_then_sparse", "kl_sparse_then_dense"]] < 0.5).all().all()
+    assert (report[["nmse_encoder", "nmse_decoder"]] < 0.5).all().all()
