@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 
+import matplotlib.pyplot as plt
 import pandas as pd
 import pytest
 import torch
@@ -27,6 +28,7 @@ from circuitlab.config import SparseTransformerConfig
 from circuitlab.make_bridges import main as make_bridges_main
 from circuitlab.model import SparseTransformer
 from circuitlab.paths import DATA_DIR
+from circuitlab.plotting import plot_bridge_report, plot_steering_curve
 from circuitlab.settings import SettingsError
 from circuitlab.sparsity import l0_schedule
 from circuitlab.steering import residual_site, steering_curve, steering_effect
@@ -196,3 +198,17 @@ def test_the_shipped_pair_loads_and_its_hybrid_passes_stay_close_to_the_dense_mo
     assert list(report.index) == pair.bridges.sites
     assert (report[["kl_dense_then_sparse", "kl_sparse_then_dense"]] < 0.5).all().all()
     assert (report[["nmse_encoder", "nmse_decoder"]] < 0.5).all().all()
+
+
+def test_the_plots_draw_every_site_and_every_curve():
+    report = pd.read_csv(DATA_DIR / "bridges" / REPORT_FILE, index_col="site")
+    fig = plot_bridge_report(report)
+    assert [len(ax.patches) for ax in fig.axes] == [2 * len(report)] * 2
+    curve = pd.DataFrame({"dense": [0.01, 0.1], "random": [0.01, 0.02], "sparse": [0.02, 0.5]}, index=[0.0, 1.0])
+    ax = plot_steering_curve(curve, "'")
+    assert [line.get_label() for line in ax.lines][:3] == [
+        "dense, steered through the bridge",
+        "dense, random channel",
+        "sparse model, same edit",
+    ]
+    plt.close("all")
