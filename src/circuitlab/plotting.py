@@ -263,7 +263,7 @@ def plot_steering_curve(curve: pd.DataFrame, token: str, ax: plt.Axes | None = N
     styles["sparse"] = ("^:", "sparse model, same edit")
     for column, (style, label) in styles.items():
         ax.plot(curve.index, curve[column], style, label=label)
-    ax.set(yscale="log", xlabel="steering strength s", ylabel=f"p({token!r}) at the last token")
+    ax.set(yscale="log", xlabel="steering strength s", ylabel=f"p({token.strip()}) at the last token")
     ax.set_title(f"steering node {curve.attrs.get('node', '')}")
     ax.legend(fontsize=8)
     return ax
