@@ -46,6 +46,7 @@ TOKENIZER_FILE = "tokenizer.json"
 OPTIMIZER_FILE = "optimizer.safetensors"
 RNG_FILE = "rng.safetensors"
 STATE_FILE = "trainer_state.json"
+COMPANION_FILE = "companion.safetensors"  # parameters trained beside the model (e.g. bridges), in a state
 STATES_DIR = "checkpoints"  # <run>/checkpoints/step-NNNNNNN/
 OLD_STATE_DIRS = ("checkpoint", "checkpoint.tmp")  # where earlier versions of the trainer kept its state
 
@@ -206,14 +207,30 @@ def check_state_dict(expected: dict, found: dict, source: str) -> None:
 # --------------------------------------------------------------------------------------------- train state
 
 
-def save_training_state(run_dir: Path, model: SparseTransformer, optimizer: torch.optim.Optimizer, step: int) -> Path:
+def optimized_names(model: SparseTransformer, companion: torch.nn.Module | None) -> list[str]:
+    """Names of the parameters in the optimizer's order: the model's, then the companion's as `companion.NAME`."""
+    names = [name for name, _ in model.named_parameters()]
+    return names + ([f"companion.{name}" for name, _ in companion.named_parameters()] if companion is not None else [])
+
+
+def save_training_state(
+    run_dir: Path,
+    model: SparseTransformer,
+    optimizer: torch.optim.Optimizer,
+    step: int,
+    companion: torch.nn.Module | None = None,
+) -> Path:
     """Model, Adam state (keyed by parameter name), RNG state and step, written to a temporary folder, fsynced
-    and renamed to `run_dir/checkpoints/step-NNNNNNN`; only then are older states deleted."""
+    and renamed to `run_dir/checkpoints/step-NNNNNNN`; only then are older states deleted. A `companion` (the
+    parameters an objective trains beside the model, optimized after the model's) goes to `COMPANION_FILE`."""
     final = run_dir / STATES_DIR / f"step-{step:07d}"
     temporary = final.with_name(final.name + ".tmp")
     shutil.rmtree(temporary, ignore_errors=True)
     save_model(model, temporary)
-    names = [name for name, _ in model.named_parameters()]
+    if companion is not None:
+        state = {name: tensor.detach().contiguous() for name, tensor in companion.state_dict().items()}
+        write_atomic(temporary / COMPANION_FILE, lambda path: save_file(state, path))
+    names = optimized_names(model, companion)
     moments = {
         f"{names[index]}/{key}": torch.as_tensor(value).detach().cpu().contiguous()
         for index, fields in optimizer.state_dict()["state"].items()
@@ -270,8 +287,14 @@ def find_training_state(run_dir: Path) -> tuple[Path, int] | None:
     return path, step
 
 
-def load_training_state(directory: Path, model: SparseTransformer, optimizer: torch.optim.Optimizer) -> int:
-    """Restore a state written by `save_training_state` into `model` and `optimizer`; returns its step."""
+def load_training_state(
+    directory: Path,
+    model: SparseTransformer,
+    optimizer: torch.optim.Optimizer,
+    companion: torch.nn.Module | None = None,
+) -> int:
+    """Restore a state written by `save_training_state` into `model`, `optimizer` (and `companion`, when the run
+    trained one); returns its step."""
     saved = load_model(directory, type(model))
     changed = differences(saved.cfg.to_dict(), model.cfg.to_dict(), "this run")
     if changed:
@@ -280,7 +303,16 @@ def load_training_state(directory: Path, model: SparseTransformer, optimizer: to
             "the run was started with."
         )
     model.load_state_dict(saved.state_dict())
-    index = {name: i for i, (name, _) in enumerate(model.named_parameters())}
+    if companion is not None:
+        if not (directory / COMPANION_FILE).is_file():
+            raise CheckpointError(
+                f"{directory / COMPANION_FILE} is missing: this state was saved by a run without an objective's own "
+                "parameters (e.g. bridges); resume it with the command that started it."
+            )
+        found = load_file(directory / COMPANION_FILE)
+        check_state_dict(companion.state_dict(), found, source=str(directory / COMPANION_FILE))
+        companion.load_state_dict(found)
+    index = {name: i for i, name in enumerate(optimized_names(model, companion))}
     moments: dict[int, dict[str, torch.Tensor]] = {}
     for key, value in load_file(directory / OPTIMIZER_FILE).items():
         name, _, field = key.rpartition("/")

@@ -281,3 +281,33 @@ def plot_weight_sparsity(weight, name: str, unit: str = "neuron", max_units: int
     axes[1].imshow((shown != 0).numpy(), aspect="auto", cmap="Greys", interpolation="nearest")
     axes[1].set(title=f"nonzero pattern (first {shown.shape[1]} {unit}s)", xlabel=unit, ylabel="residual channel")
     return fig
+
+
+def plot_bridge_report(report: pd.DataFrame) -> plt.Figure:
+    """Per residual site: the bridges' reconstruction error (encoder and decoder NMSE) and the KL(dense || hybrid)
+    of the passes that switch model there, with the whole sparse model's KL for scale (a `bridge_report`)."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.5))
+    labels = [site.removeprefix("blocks.").replace(".hook_resid_", " ") for site in report.index]
+    report[["nmse_encoder", "nmse_decoder"]].set_axis(labels).plot.bar(ax=axes[0], rot=45)
+    axes[0].set(title="reconstruction: NMSE per site", ylabel="NMSE (1 = predicting the mean)")
+    hybrid = report[["kl_dense_then_sparse", "kl_sparse_then_dense"]].set_axis(labels)
+    hybrid.plot.bar(ax=axes[1], rot=45)
+    axes[1].axhline(report["kl_sparse"].iloc[0], color="grey", ls="--", label="sparse model alone")
+    axes[1].set(title="hybrid passes: KL(dense || hybrid) per site", ylabel="nats per token")
+    axes[1].legend(fontsize=8)
+    return fig
+
+
+def plot_steering_curve(curve: pd.DataFrame, token: str, ax: plt.Axes | None = None) -> plt.Axes:
+    """p(`token`) against steering strength (a `steering.steering_curve`): the dense model steered through the
+    bridge, the random-channel control, and the same edit in the sparse model (the paper's Figure 9)."""
+    if ax is None:
+        _, ax = plt.subplots(figsize=(5.5, 4))
+    styles = {"dense": ("o-", "dense, steered through the bridge"), "random": ("s--", "dense, random channel")}
+    styles["sparse"] = ("^:", "sparse model, same edit")
+    for column, (style, label) in styles.items():
+        ax.plot(curve.index, curve[column], style, label=label)
+    ax.set(yscale="log", xlabel="steering strength s", ylabel=f"p({token.strip()}) at the last token")
+    ax.set_title(f"steering node {curve.attrs.get('node', '')}")
+    ax.legend(fontsize=8)
+    return ax

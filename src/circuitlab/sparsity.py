@@ -22,6 +22,8 @@ WeightMatrices = dict[str, tuple[nn.Parameter, int]]  # name -> (matrix, axis th
 def l0_schedule(step: int, total_steps: int, target: float, start_frac: float = 0.01, end_frac: float = 0.5) -> float:
     """Fraction of weights kept: 1 (dense) until `start_frac` of training, linear to `target` at `end_frac`."""
     start, end = start_frac * total_steps, end_frac * total_steps
+    if end <= 0:  # no anneal: at the target from the first step (a run that starts from a sparse checkpoint)
+        return target
     if step <= start:
         return 1.0
     if step >= end:

@@ -33,7 +33,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, Protocol
 
 import pandas as pd
 import torch
@@ -73,6 +73,7 @@ TRAJECTORY_FIELDS = (
     "l0_end_frac",
     "synthetic_fraction",
     "seed",
+    "init_from",
 )
 VAL_SEED = 12345  # validation batches are the same for every run, so runs compare on the same text
 RUN_MARKER = "circuitlab-run.json"  # in every run folder: --overwrite replaces only folders that carry it
@@ -120,6 +121,7 @@ class TrainConfig:
     overwrite: bool = False  # delete a non-empty out_dir first
     device: str = "cpu"  # "cpu" or "cuda"
     seed: int = 0  # batches are a pure function of (seed, step)
+    init_from: str | None = None  # start from this checkpoint's weights (its config must be the model section)
     threads: int | None = None  # torch intra-op threads per process; None keeps torch's default
 
     def __post_init__(self) -> None:
@@ -154,28 +156,34 @@ class TrainConfig:
 
 
 CONFIG_SECTIONS = {"model": SparseTransformerConfig, "train": TrainConfig}
-C = TypeVar("C", SparseTransformerConfig, TrainConfig)
 
 
-def load_config(path: str | Path, overrides: Sequence[str] = ()) -> tuple[SparseTransformerConfig, TrainConfig]:
-    """Read a YAML file with `model:` and `train:` sections; `overrides` are "section.field=value" strings.
-    Every value is checked (`circuitlab.settings`); a problem is reported with the file or the override."""
+def load_sections(path: str | Path, sections: dict[str, type], overrides: Sequence[str] = ()) -> dict[str, Any]:
+    """Read a YAML file whose top-level keys are `sections` (name -> settings dataclass); `overrides` are
+    "section.field=value" strings. Every value is checked (`circuitlab.settings`); a problem is reported with
+    the file or the override. A section the file leaves out takes its defaults."""
     raw = settings.read_mapping(path)
-    unknown = sorted(set(raw) - set(CONFIG_SECTIONS))
+    unknown = sorted(set(raw) - set(sections))
     if unknown:
-        raise SettingsError(f"{path}: unknown section(s) {unknown}; a config has 'model:' and 'train:' sections")
+        raise SettingsError(f"{path}: unknown section(s) {unknown}; a config has the sections {sorted(sections)}")
     for item in overrides:
-        if item.partition(".")[0] not in CONFIG_SECTIONS:
+        if item.partition(".")[0] not in sections:
             raise SettingsError(f"--set {item!r}: use section.field=value, e.g. train.steps=100 or model.d_model=64")
 
-    def section(name: str, cls: type[C]) -> C:
+    def section(name: str, cls: type) -> Any:
         values = {} if raw.get(name) is None else raw[name]
         mine = [item for item in overrides if item.startswith(f"{name}.")]
         changes = settings.parse_overrides(cls, mine, prefix=f"{name}.")
         source = f"{path}, {name}:" + "".join(f" --set {item}" for item in mine)
         return settings.build(cls, {**values, **changes} if isinstance(values, dict) else values, source)
 
-    return section("model", SparseTransformerConfig), section("train", TrainConfig)
+    return {name: section(name, cls) for name, cls in sections.items()}
+
+
+def load_config(path: str | Path, overrides: Sequence[str] = ()) -> tuple[SparseTransformerConfig, TrainConfig]:
+    """Read a YAML file with `model:` and `train:` sections (`load_sections`)."""
+    loaded = load_sections(path, CONFIG_SECTIONS, overrides)
+    return loaded["model"], loaded["train"]
 
 
 # ------------------------------------------------------------------------------------------ output folder
@@ -324,6 +332,20 @@ def keep_freed_memory() -> None:
         libc.mallopt(m_trim_threshold, 1 << 30)  # give back free memory only beyond 1 GiB
 
 
+class Objective(Protocol):
+    """A training loss other than the next-token loss, with parameters of its own trained beside the model
+    (`circuitlab.bridges.BridgeObjective`). `trainable` joins the model in Adam, in the gradient rescaling and in
+    every resumable state; weight decay and top-k stay on the model's matrices."""
+
+    @property
+    def trainable(self) -> torch.nn.Module: ...
+
+    @property
+    def lr_scale(self) -> float: ...  # its parameters' learning rate, as a multiple of the model's
+
+    def loss(self, model: SparseTransformer, tokens: torch.Tensor) -> torch.Tensor: ...
+
+
 class TrainingDiverged(FloatingPointError):
     """The loss, the gradients or the weights became NaN or inf; the message says where the last good state is."""
 
@@ -348,19 +370,20 @@ def training_step(
     l0_embed: float,
     weight_decay: float,
     forward: torch.nn.Module | None = None,
+    objective: Objective | None = None,
 ) -> tuple[torch.Tensor, int]:
-    """One step of the recipe: next-token loss, backward, gradients rescaled to RMS 1, Adam at `lr`, decoupled
-    weight decay, top-k projection. `forward` is the module to call (a DDP wrapper of `model`); returns the
-    loss and the number of nonzero matrix weights. Raises TrainingDiverged, before the weights change, when the
-    gradients are not finite (under DDP they are averaged first, so every rank stops at the same step)."""
-    loss = (forward or model)(tokens, return_type="loss")
+    """One step of the recipe: next-token loss (or `objective`'s), backward, gradients rescaled to RMS 1, Adam at
+    `lr`, decoupled weight decay, top-k projection. `forward` is the module to call (a DDP wrapper of `model`);
+    returns the loss and the number of nonzero matrix weights. Raises TrainingDiverged, before the weights change,
+    when the gradients are not finite (under DDP they are averaged first, so every rank stops at the same step)."""
+    loss = (forward or model)(tokens, return_type="loss") if objective is None else objective.loss(model, tokens)
     loss.backward()
-    rms = normalize_gradients_(list(model.parameters()))
+    rms = normalize_gradients_(trained_parameters(model, objective))
     if not math.isfinite(rms):
         optimizer.zero_grad(set_to_none=True)
         raise TrainingDiverged(f"the loss is {loss.item():.4g} and the gradients' RMS {rms}")
     for group in optimizer.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr * group.get("lr_scale", 1.0)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     with torch.no_grad():
@@ -368,11 +391,44 @@ def training_step(
     return loss.detach(), project_topk_(model.weight_matrices(), l0, l0_embed, model.cfg.min_weights_per_unit)
 
 
-def train(model_cfg: SparseTransformerConfig, cfg: TrainConfig, progress: bool = True) -> SparseTransformer:
+def trained_parameters(model: SparseTransformer, objective: Objective | None) -> list[torch.nn.Parameter]:
+    """The model's parameters, then the objective's own, in the order Adam and the saved states keep them."""
+    return list(model.parameters()) + (list(objective.trainable.parameters()) if objective is not None else [])
+
+
+def parameter_groups(model: SparseTransformer, objective: Objective | None) -> list[dict[str, Any]]:
+    """Adam's parameter groups: the model's at the scheduled rate, the objective's at `lr_scale` times it."""
+    groups: list[dict[str, Any]] = [{"params": list(model.parameters()), "lr_scale": 1.0}]
+    if objective is not None:
+        groups.append({"params": list(objective.trainable.parameters()), "lr_scale": objective.lr_scale})
+    return groups
+
+
+def initial_model(model_cfg: SparseTransformerConfig, cfg: TrainConfig) -> SparseTransformer:
+    """A freshly initialised model, or the checkpoint `cfg.init_from` when its config is the model section."""
+    model = SparseTransformer(model_cfg)
+    if cfg.init_from is not None:
+        start = SparseTransformer.from_pretrained(cfg.init_from)
+        changed = checkpoint.differences(start.cfg.to_dict(), model_cfg.to_dict(), "the model section")
+        if changed:
+            raise SettingsError(
+                f"train.init_from={cfg.init_from!r} has another model config ({'; '.join(changed)}); make the "
+                "model section the checkpoint's config.json"
+            )
+        model.load_state_dict(start.state_dict())
+    return model
+
+
+def train(
+    model_cfg: SparseTransformerConfig, cfg: TrainConfig, progress: bool = True, objective: Objective | None = None
+) -> SparseTransformer:
     """Train a model with the weight-sparse recipe (dense when weight_l0 == embed_l0 == 1 and afrac is None);
-    runs under torchrun with DistributedDataParallel when WORLD_SIZE > 1 (only rank 0 writes files)."""
+    runs under torchrun with DistributedDataParallel when WORLD_SIZE > 1 (only rank 0 writes files). With an
+    `objective`, its loss replaces the next-token loss and its own parameters train too (one process only)."""
     world_size = int(os.environ.get("WORLD_SIZE", 1))
     rank = int(os.environ.get("RANK", 0))
+    if objective is not None and world_size > 1:
+        raise SettingsError("Training with an objective (e.g. bridges) runs in one process; start it without torchrun")
     if cfg.batch_size % world_size:
         raise SettingsError(f"batch_size={cfg.batch_size} must be divisible by the number of processes ({world_size})")
     if world_size > 1 and not dist.is_initialized():
@@ -386,14 +442,15 @@ def train(model_cfg: SparseTransformerConfig, cfg: TrainConfig, progress: bool =
     is_main = rank == 0
     out_dir = Path(cfg.out_dir)
 
-    model = SparseTransformer(model_cfg).to(cfg.device)
+    model = initial_model(model_cfg, cfg).to(cfg.device)
+    companion = None if objective is None else objective.trainable.to(cfg.device)
     vocab_size = model.tokenizer.get_vocab_size()
     if vocab_size > model_cfg.d_vocab:
         raise SettingsError(
             f"model.d_vocab={model_cfg.d_vocab} is smaller than the tokenizer's vocabulary ({vocab_size}); "
             f"set it to at least {vocab_size}"
         )
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=cfg.betas, eps=cfg.eps)
+    optimizer = torch.optim.Adam(parameter_groups(model, objective), lr=cfg.lr, betas=cfg.betas, eps=cfg.eps)
     streams = load_token_streams()
     train_sampler = TokenSampler(streams, "train", model_cfg.n_ctx, cfg.synthetic_fraction, cfg.seed)
     val_sampler = TokenSampler(streams, "val", model_cfg.n_ctx, cfg.synthetic_fraction, VAL_SEED)
@@ -406,7 +463,7 @@ def train(model_cfg: SparseTransformerConfig, cfg: TrainConfig, progress: bool =
     found = find_training_state(out_dir) if cfg.resume else None
     if found:
         check_same_trajectory(out_dir / TRAIN_CONFIG_FILE, cfg)
-        start_step = load_training_state(found[0], model, optimizer)
+        start_step = load_training_state(found[0], model, optimizer, companion=companion)
     if cfg.resume and is_main:
         print(
             f"Resuming {out_dir} from step {start_step} ({found[0]})"
@@ -440,6 +497,7 @@ def train(model_cfg: SparseTransformerConfig, cfg: TrainConfig, progress: bool =
                 l0_embed=l0_embed,
                 weight_decay=cfg.weight_decay,
                 forward=forward,
+                objective=objective,
             )
         except TrainingDiverged as err:
             raise divergence(out_dir, step + 1, cfg, str(err)) from None
@@ -472,7 +530,7 @@ def train(model_cfg: SparseTransformerConfig, cfg: TrainConfig, progress: bool =
             if not all(param.isfinite().all() for param in model.parameters()):  # every rank: they stop together
                 raise divergence(out_dir, step + 1, cfg, "some weights are NaN or inf")
             if is_main:
-                save_training_state(out_dir, model, optimizer, step + 1)
+                save_training_state(out_dir, model, optimizer, step + 1, companion=companion)
     if is_main:
         model.save_pretrained(out_dir, overwrite=True)
     if world_size > 1:

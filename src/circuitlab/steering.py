@@ -1,0 +1,188 @@
+"""Steer the dense model through one interpretable channel of the bridged sparse model (the paper's Figure 9).
+
+A circuit node that reads or writes the residual stream (`attn_read`, `mlp_read`, `attn_write`, `mlp_write`)
+is a residual channel at one site: a read node at the site before its sub-layer, a write node at the site after.
+On a prompt that asks for the task's second candidate (a string opened with `"`), we push that channel, at every
+token, from its value there toward its value on the matched contrasting prompt (opened with `'`) with a
+strength s in [0, 1]; the push, mapped through the bridge's decoder (delta_dense = W_dec[:, channel] * delta),
+is added to the dense model's residual stream at that site, and the dense model runs on from there. We read
+p(first candidate) at the last token. Controls: the same push along a random channel outside the circuit,
+rescaled to the same norm in the dense model, and the same edit made in the sparse model itself.
+
+    effects, curve = steer_task(pair, circuit)   # rank the circuit's residual nodes, steer the best one
+    steering_effect(curve)                      # change in p(candidate 0) at s = 1, and its ratio to the control
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pandas as pd
+import torch
+from torch import Tensor
+
+from circuitlab import tasks
+from circuitlab.bridges import BridgedPair
+from circuitlab.circuit import Circuit, Node
+from circuitlab.model import SparseTransformer
+from circuitlab.prune import PruneConfig, PrunePairs
+from circuitlab.tasks import TaskBatch
+
+STRENGTHS = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
+# Residual-stream node locations -> where their channel lives: the site index before (0) or after (1) the
+# sub-layer, counted from the sub-layer's own index (2 * layer for attention, 2 * layer + 1 for the MLP).
+RESIDUAL_LOCATIONS = {"attn_read": (0, 0), "attn_write": (0, 1), "mlp_read": (1, 0), "mlp_write": (1, 1)}
+
+
+def residual_site(model: SparseTransformer, node: Node) -> str:
+    """The residual site whose channel `node.index` the node reads or writes."""
+    if node.location not in RESIDUAL_LOCATIONS:
+        raise ValueError(
+            f"node {node} is at {node.location!r}, not a residual channel; steer a node at one of "
+            f"{sorted(RESIDUAL_LOCATIONS)}"
+        )
+    sublayer, after = RESIDUAL_LOCATIONS[node.location]
+    return model.residual_sites[2 * node.layer + sublayer + after]
+
+
+def contrast_rows(batch: TaskBatch) -> tuple[Tensor, Tensor, Tensor]:
+    """From a TaskBatch of pairs (row 2i answered by candidate 0, row 2i + 1 by candidate 1), the prompts to
+    steer (candidate 1), their contrasting prompts (candidate 0) and their last positions, keeping the pairs
+    whose two prompts have the same number of tokens, so the edit lines up token by token."""
+    first, second = batch.last[0::2], batch.last[1::2]
+    same = (first == second).nonzero().flatten()
+    return batch.tokens[1::2][same], batch.tokens[0::2][same], second[same]
+
+
+def residual_nodes(circuit: Circuit) -> list[Node]:
+    return [node for node in circuit.nodes if node.location in RESIDUAL_LOCATIONS]
+
+
+def target_probability(logits: Tensor, last: Tensor, token: int) -> Tensor:
+    """[prompt]: the probability of `token` at each prompt's last position."""
+    return logits[torch.arange(len(last)), last].softmax(-1)[:, token]
+
+
+@torch.no_grad()
+def channel_delta(model: SparseTransformer, node: Node, source: Tensor, contrast: Tensor) -> Tensor:
+    """[prompt, pos]: the node's residual channel on the contrasting prompts minus on the steered ones."""
+    site = residual_site(model, node)
+    return model(contrast, stop_at=site)[..., node.index] - model(source, stop_at=site)[..., node.index]
+
+
+@torch.no_grad()
+def node_effects(model: SparseTransformer, circuit: Circuit, batch: TaskBatch) -> pd.DataFrame:
+    """For each residual node of the circuit, on the pairs of `batch`: `separation`, the RMS of the channel's
+    change between the two prompts of a pair over the channel's own RMS, and `patch_effect`, the rise in the
+    model's mean p(candidate 0) when the channel takes its contrasting value at every token (the steering edit
+    at s = 1, in the model itself). Sorted by `patch_effect`: the first row is the node to steer."""
+    source, contrast, last = contrast_rows(batch)
+    target = int(batch.target[0])
+    streams: dict[str, tuple[Tensor, Tensor, Tensor]] = {}  # site -> (source and contrast streams, p before)
+    rows = []
+    for node in residual_nodes(circuit):
+        site = residual_site(model, node)
+        if site not in streams:
+            resid = model(source, stop_at=site)
+            before = target_probability(model(resid, start_at=site, tokens=source), last, target).mean()
+            streams[site] = resid, model(contrast, stop_at=site), before
+        resid, contrast_resid, before = streams[site]
+        delta = contrast_resid[..., node.index] - resid[..., node.index]
+        patched = resid.clone()
+        patched[..., node.index] += delta
+        after = target_probability(model(patched, start_at=site, tokens=source), last, target).mean()
+        scale = resid[..., node.index].pow(2).mean().sqrt().clamp_min(1e-12)
+        rows.append(
+            {
+                "node": str(node),
+                "site": site,
+                "separation": (delta.pow(2).mean().sqrt() / scale).item(),
+                "patch_effect": (after - before).item(),
+            }
+        )
+    if not rows:
+        raise ValueError(
+            f"the {circuit.task_name} circuit has no residual-stream node to steer ({circuit.n_nodes} nodes)"
+        )
+    return pd.DataFrame(rows).set_index("node").sort_values("patch_effect", ascending=False)
+
+
+@torch.no_grad()
+def steering_curve(
+    pair: BridgedPair,
+    node: Node,
+    circuit: Circuit,
+    batch: TaskBatch,
+    strengths: Sequence[float] = STRENGTHS,
+    n_random: int = 8,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Mean p(candidate 0) at the last token of the steered prompts, for each strength: `dense` through the
+    bridge, `random` the mean over `n_random` random channels outside the circuit pushed to the same dense
+    norm, `sparse` the same edit in the sparse model. `batch` holds pairs that chose neither circuit nor node."""
+    source, contrast, last = contrast_rows(batch)
+    if not len(source):
+        raise ValueError("no pair in `batch` has two prompts of the same length; steering needs aligned pairs")
+    target = int(batch.target[0])  # row 0 is answered by candidate 0
+    site = residual_site(pair.sparse, node)
+    delta = channel_delta(pair.sparse, node, source, contrast)[..., None]  # [prompt, pos, 1]
+    decoder = pair.bridges.decoder_matrix(site)  # [d_dense, d_sparse]
+    taken = {n.index for n in residual_nodes(circuit)}
+    others = [c for c in range(pair.sparse.cfg.d_model) if c != node.index]
+    outside = [c for c in others if c not in taken]
+    free = torch.tensor(outside or others)  # a circuit that holds every channel leaves only other channels
+    generator = torch.Generator().manual_seed(seed)
+    random_channels = free[torch.randperm(len(free), generator=generator)[:n_random]]
+    norm = decoder[:, node.index].norm()
+    random_directions = decoder[:, random_channels].T * norm / decoder[:, random_channels].norm(dim=0)[:, None]
+    dense_resid = pair.dense(source, stop_at=site)
+    sparse_resid = pair.sparse(source, stop_at=site)
+    one_hot = torch.zeros(pair.sparse.cfg.d_model)
+    one_hot[node.index] = 1.0
+
+    def dense_probability(direction: Tensor, strength: float) -> float:
+        steered = pair.dense(dense_resid + strength * delta * direction, start_at=site, tokens=source)
+        return target_probability(steered, last, target).mean().item()
+
+    rows = []
+    for strength in strengths:
+        sparse_logits = pair.sparse(sparse_resid + strength * delta * one_hot, start_at=site, tokens=source)
+        rows.append(
+            {
+                "strength": strength,
+                "dense": dense_probability(decoder[:, node.index], strength),
+                "random": sum(dense_probability(d, strength) for d in random_directions) / len(random_directions),
+                "sparse": target_probability(sparse_logits, last, target).mean().item(),
+            }
+        )
+    table = pd.DataFrame(rows).set_index("strength")
+    table.attrs.update(
+        node=str(node),
+        site=site,
+        prompts=len(source),
+        random_channels=random_channels.tolist(),
+        random_outside_circuit=bool(outside),
+    )
+    return table
+
+
+def steering_effect(curve: pd.DataFrame) -> dict[str, float]:
+    """The change in p(candidate 0) from s = 0 to the largest s, per column, and the steered effect over the
+    random-channel control's (its magnitude, floored at 1e-6)."""
+    change = {str(column): float(value) for column, value in (curve.iloc[-1] - curve.iloc[0]).items()}
+    return {**change, "ratio_to_random": change["dense"] / max(abs(change["random"]), 1e-6)}
+
+
+def steer_task(
+    pair: BridgedPair, circuit: Circuit, pairs: PrunePairs | None = None, **curve_options
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The whole experiment for one pruned circuit of `pair.sparse`: rank its residual nodes on the pruning run's
+    selection pairs (`node_effects`), then measure the best one's `steering_curve` on its test pairs, which chose
+    nothing. `pairs` defaults to the pairs the circuit was pruned with."""
+    if pairs is None:
+        task = tasks.get(circuit.task_name)
+        cfg = PruneConfig.of_circuit(circuit)
+        pairs = PrunePairs.from_task(task, pair.sparse.tokenizer, cfg, n_ctx=pair.sparse.cfg.n_ctx)
+    effects = node_effects(pair.sparse, circuit, pairs.selection)
+    node = Node.parse(str(effects.index[0]))
+    return effects, steering_curve(pair, node, circuit, pairs.test, **curve_options)
