@@ -20,13 +20,14 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("checkpoint", "tasks.harvest.scan"),  # tasks.harvest.scan: reading one file's code for the harvesters
     tuple(f"tasks.harvest.{family}" for family in ("strings", "brackets", "variables", "control", "definitions")),
     ("sparsity", "model", "tasks.harvest"),
-    ("compat", "tasks"),
+    ("compat", "tasks", "bridges"),  # bridges: maps between a dense and a sparse model's residual streams
     ("synthetic", "circuit"),
     ("build", "plotting", "explorer", "compare", "printout"),  # build: the snapshot, tokenizer and token stream files
     ("corpus", "frontier"),  # reading the token streams; reading a sweep's tables (chapter 08)
     ("prune", "train", "evaluate", "handbook"),
-    ("search", "controls"),  # each runs the pruner (search: in worker processes)
-    ("make_circuits", "make_controls", "sweep"),  # the commands that make data/circuits/, controls/ and frontier/
+    ("search", "controls", "steering"),  # each runs the pruner (search: in worker processes)
+    # the commands that make data/circuits/, controls/, frontier/ and bridges/
+    ("make_circuits", "make_controls", "sweep", "make_bridges"),
     ("circuitlab",),  # the package's own __init__
 )
 """A module may import only from a layer below its own."""
