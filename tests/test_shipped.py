@@ -7,7 +7,7 @@ import shutil
 import pandas as pd
 import pytest
 
-from circuitlab import SparseTransformer, tasks
+from circuitlab import SparseTransformer, frontier, tasks
 from circuitlab.checkpoint import CheckpointError
 from circuitlab.circuit import Circuit, load_circuits
 from circuitlab.evaluate import task_scores
@@ -90,3 +90,16 @@ def test_the_shipped_size_table_covers_every_target_and_cleanup_only_shrinks_cir
         for task, circuit in circuits.items():
             if task in uncleaned and circuit.search.get("removed_by_cleanup", 0):
                 assert circuit.n_edges <= uncleaned[task]  # the same search, then cleanup
+
+
+def test_the_shipped_frontier_is_the_whole_grid_and_its_trends_exceed_the_pruners_noise():
+    tables = frontier.load()
+    models = tables.models.set_index("model")
+    assert (~models.dense).sum() == 9 and models.dense.sum() == 3 and models.width.nunique() == 3
+    assert (tables.circuits.groupby("model").task.nunique() == len(tasks.PAPER_TASKS)).all()
+    by_budget = frontier.trends(tables, "budget")
+    for _, group in by_budget.groupby("budget"):  # chapter 08, trend 1: at fixed nonzeros, wider is better...
+        assert group.val_loss.is_monotonic_decreasing and group.edge_ratio.iloc[-1] < 1  # ...on both axes
+    spread = frontier.pruning_spread(tables.noise).spread.max()
+    assert spread < 1.1 and spread < 1 / by_budget.edge_ratio.min()
+    assert (frontier.sparse_vs_dense(tables).dense_over_sparse > 2).all()
