@@ -180,7 +180,7 @@ def test_the_command_trains_saves_reports_and_resumes(tiny_config, tmp_path):
     make_bridges_main(["--config", str(config), "--out", str(run), "--resume", "--no-progress"])
     after = Bridges.load(run).state_dict()
     assert all(torch.equal(after[name], tensor) for name, tensor in before.items())  # resumed: nothing retrained
-    with pytest.raises(SystemExit, match=r"circuitlab.make_bridges: error: .*bridges:.*hybrid_sites=0"):
+    with pytest.raises(SystemExit, match=r"make_bridges: error: .*, bridges --set bridges.hybrid_sites=0: .*hybrid"):
         make_bridges_main(["--config", str(config), "--out", str(tmp_path / "x"), "--set", "bridges.hybrid_sites=0"])
 
 

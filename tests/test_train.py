@@ -166,7 +166,7 @@ def test_overwrite_replaces_only_what_the_trainer_wrote(tmp_path):
 def test_config_errors_name_the_problem(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("model:\n  n_layers: 2\ntrain:\n  step: 10\n")
-    with pytest.raises(SettingsError, match=rf"{bad}, train:: unknown TrainConfig field\(s\) \['step'\].*steps"):
+    with pytest.raises(SettingsError, match=rf"{bad}, train: unknown TrainConfig field\(s\) \['step'\].*steps"):
         load_config(bad)
     with pytest.raises(SettingsError, match="section.field=value"):
         load_config(TINY, ["steps=3"])
@@ -183,8 +183,8 @@ def test_config_errors_name_the_problem(tmp_path):
     [
         ("", r"bad.yaml is empty"),
         ("[model, train]\n", r"bad.yaml holds a list"),
-        ("train: 5\n", r"bad.yaml, train:: expected a mapping of TrainConfig fields"),
-        ("train:\n  steps: 0\n", r"train:: Invalid TrainConfig: steps=0 must be at least 1"),
+        ("train: 5\n", r"bad.yaml, train: expected a mapping of TrainConfig fields"),
+        ("train:\n  steps: 0\n", r"train: Invalid TrainConfig: steps=0 must be at least 1"),
         ("train:\n  steps: -5\n", r"steps=-5 must be at least 1"),
         ("train:\n  steps: 2.5\n", r"steps=2.5 is not a whole number"),
         ("train:\n  batch_size: 0\n", r"batch_size=0 must be at least 1"),
@@ -199,7 +199,7 @@ def test_config_errors_name_the_problem(tmp_path):
         ("train:\n  device: tpu\n", r"device='tpu' must be one of \('cpu', 'cuda'\)"),
         ("train:\n  threads: 0\n", r"threads=0 must be at least 1"),
         ("train:\n  lr: 20\n", r"weight_decay \* lr = 2 must be below 1"),
-        ("model:\n  afrac: 2\n", r"bad.yaml, model:: Invalid SparseTransformerConfig: afrac=2.0 must be in \(0, 1\]"),
+        ("model:\n  afrac: 2\n", r"bad.yaml, model: Invalid SparseTransformerConfig: afrac=2.0 must be in \(0, 1\]"),
         ("model:\n  d_model: 0\n  n_layers: x\n", r"n_layers='x' is not a whole number"),
     ],
 )
@@ -216,7 +216,7 @@ def test_each_bad_config_value_is_named_with_its_file(tmp_path, text, message):
         ("train.lr=abc", r"--set train.lr=abc: lr='abc' is not a finite number"),
         ("train.overwrite=maybe", r"--set train.overwrite=maybe: overwrite='maybe' is not a boolean"),
         ("train.stepz=3", r"--set train.stepz=3: unknown TrainConfig field\(s\) \['stepz'\]. Valid fields: steps"),
-        ("train.steps=0", r"tiny.yaml, train: --set train.steps=0: Invalid TrainConfig: steps=0 must be at least 1"),
+        ("train.steps=0", r"tiny.yaml, train --set train.steps=0: Invalid TrainConfig: steps=0 must be at least 1"),
         ("model.d_model", r"--set 'model.d_model': write model.FIELD=VALUE"),
     ],
 )

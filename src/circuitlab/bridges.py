@@ -27,7 +27,6 @@ from typing import cast
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
@@ -175,12 +174,7 @@ class Bridges(nn.Module):
                 f"{directory / CONFIG_FILE} lacks or garbles a field ({err}); re-save the bridges."
             ) from None
         weights = directory / WEIGHTS_FILE
-        try:
-            with safe_open(weights, framework="pt") as handle:
-                metadata = handle.metadata() or {}
-                state = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118 (not a dict)
-        except (SafetensorError, OSError) as err:
-            raise CheckpointError(f"{weights} is corrupt or truncated ({err}); re-save the bridges.") from err
+        state, metadata = checkpoint.read_tensors(weights, "re-save the bridges")
         saved = json.loads(metadata.get("description", "{}"))
         changed = checkpoint.differences(saved, bridges.description(), CONFIG_FILE)
         if changed:

@@ -121,6 +121,18 @@ def save_model(model: SparseTransformer, directory: str | Path, overwrite: bool 
     return directory
 
 
+def read_tensors(path: Path, fix: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Every tensor of a safetensors file and its metadata; a corrupt or truncated file is a CheckpointError that
+    names it and says `fix`."""
+    try:
+        with safe_open(path, framework="pt") as handle:
+            metadata = handle.metadata() or {}
+            state = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118 (not a dict)
+    except (SafetensorError, OSError) as err:
+        raise CheckpointError(f"{path} is corrupt or truncated ({err}); {fix}.") from err
+    return state, metadata
+
+
 def load_model(directory: str | Path, model_class: type[Model]) -> Model:
     """Load a checkpoint written by `save_model` as a `model_class`, after checking that its three files
     belong together and that every tensor is present, of the right shape and finite."""
@@ -133,12 +145,7 @@ def load_model(directory: str | Path, model_class: type[Model]) -> Model:
             )
     cfg = read_config(directory / CONFIG_FILE)
     weights = directory / WEIGHTS_FILE
-    try:
-        with safe_open(weights, framework="pt") as handle:
-            metadata = handle.metadata() or {}
-            state = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118 (not a dict)
-    except (SafetensorError, OSError) as err:
-        raise CheckpointError(f"{weights} is corrupt or truncated ({err}); re-save or re-copy the checkpoint.") from err
+    state, metadata = read_tensors(weights, "re-save or re-copy the checkpoint")
     tokenizer_json = (directory / TOKENIZER_FILE).read_text()
     check_same_origin(directory, cfg, tokenizer_json, metadata)
     model = model_class(cfg, tokenizer=Tokenizer.from_str(tokenizer_json))

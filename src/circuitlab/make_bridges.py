@@ -12,7 +12,6 @@ hybrid-pass KL on held-out batches).
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import time
@@ -27,7 +26,7 @@ from circuitlab.config import SparseTransformerConfig
 from circuitlab.corpus import TokenSampler, load_token_streams
 from circuitlab.model import SparseTransformer
 from circuitlab.settings import SettingsError
-from circuitlab.train import VAL_SEED, TrainConfig, TrainingDiverged, initial_model, load_sections, train
+from circuitlab.train import VAL_SEED, TrainConfig, TrainingDiverged, initial_model, load_sections, run_parser, train
 
 SECTIONS = {"model": SparseTransformerConfig, "train": TrainConfig, "bridges": BridgeConfig}
 REPORT_BATCHES = 4  # held-out batches (of train.batch_size rows) that bridge_report.csv averages over
@@ -54,15 +53,7 @@ def make_bridges(
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", required=True, type=Path, help="YAML with model:, train: and bridges: sections")
-    parser.add_argument("--out", help="output folder (overrides train.out_dir)")
-    parser.add_argument("--resume", action="store_true", help="continue the run in the output folder")
-    parser.add_argument("--overwrite", action="store_true", help="replace the output folder")
-    parser.add_argument(
-        "--set", nargs="+", action="extend", default=[], metavar="SECTION.FIELD=VALUE", help="override config values"
-    )
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar (logs and batch jobs)")
+    parser = run_parser(__doc__.splitlines()[0], "model:, train: and bridges:")
     args = parser.parse_args(argv)
     started = time.perf_counter()
     try:

@@ -20,7 +20,7 @@ import json
 import math
 import types
 import typing
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -236,6 +236,34 @@ def _refuse_unknown(cls: type, values: Mapping[str, Any], source: str) -> None:
 
 
 # --------------------------------------------------------------------------------------------------- files
+
+
+def read_sections(
+    path: str | Path, sections: Sequence[str], overrides: Sequence[str] = (), overridable: Sequence[str] | None = None
+) -> dict[str, Any]:
+    """A config file of top-level `sections` (`read_mapping`), with "section.field=value" `overrides` of the
+    `overridable` ones (default: all); an unknown section, in the file or an override, is refused by name."""
+    raw = read_mapping(path)
+    unknown = sorted(set(raw) - set(sections))
+    if unknown:
+        raise SettingsError(f"{path}: unknown section(s) {unknown}; its sections are {', '.join(sections)}")
+    overridable = sections if overridable is None else overridable
+    for item in overrides:
+        if item.partition(".")[0] not in overridable:
+            raise SettingsError(f"--set {item!r}: use section.field=value with a section of {', '.join(overridable)}")
+    return raw
+
+
+def section_values(
+    raw: dict[str, Any], name: str, cls: type, overrides: Sequence[str], path: str | Path
+) -> tuple[Any, str]:
+    """Section `name` of a `read_sections` file with its overrides applied (each checked against `cls`), and where
+    the values came from, for `build`'s messages."""
+    values = {} if raw.get(name) is None else raw[name]
+    mine = [item for item in overrides if item.startswith(f"{name}.")]
+    changes = parse_overrides(cls, mine, prefix=f"{name}.")
+    source = f"{path}, {name}" + "".join(f" --set {item}" for item in mine)
+    return ({**values, **changes} if isinstance(values, dict) else values), source
 
 
 def read_mapping(path: str | Path) -> dict[str, Any]:

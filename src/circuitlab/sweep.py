@@ -158,21 +158,10 @@ class Sweep:
 def load_sweep(path: str | Path, overrides: Sequence[str] = (), out: str | Path | None = None) -> Sweep:
     """Read and check a sweep YAML (`SECTIONS`); `overrides` are "section.field=value" strings, `out` replaces
     the config's `out:`. Every problem of the grid is reported at once, before anything is trained."""
-    raw = settings.read_mapping(path)
-    unknown = sorted(set(raw) - set(SECTIONS))
-    if unknown:
-        raise SettingsError(f"{path}: unknown section(s) {unknown}; a sweep config has {', '.join(SECTIONS)}")
-    for item in overrides:
-        if item.partition(".")[0] not in SECTION_TYPES:
-            raise SettingsError(f"--set {item!r}: use section.field=value with a section of {', '.join(SECTION_TYPES)}")
+    raw = settings.read_sections(path, SECTIONS, overrides, overridable=list(SECTION_TYPES))
 
     def section(name: str) -> tuple[Any, str]:
-        """The section's values with its overrides, and where they came from."""
-        values = {} if raw.get(name) is None else raw[name]
-        mine = [item for item in overrides if item.startswith(f"{name}.")]
-        changes = settings.parse_overrides(SECTION_TYPES[name], mine, prefix=f"{name}.")
-        source = f"{path}, {name}" + "".join(f" --set {item}" for item in mine)
-        return ({**values, **changes} if isinstance(values, dict) else values), source
+        return settings.section_values(raw, name, SECTION_TYPES[name], overrides, path)
 
     base, source = section("model")
     settings.build(SparseTransformerConfig, base, source)  # types and unknown keys, before the grid sets any

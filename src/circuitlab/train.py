@@ -162,22 +162,11 @@ def load_sections(path: str | Path, sections: dict[str, type], overrides: Sequen
     """Read a YAML file whose top-level keys are `sections` (name -> settings dataclass); `overrides` are
     "section.field=value" strings. Every value is checked (`circuitlab.settings`); a problem is reported with
     the file or the override. A section the file leaves out takes its defaults."""
-    raw = settings.read_mapping(path)
-    unknown = sorted(set(raw) - set(sections))
-    if unknown:
-        raise SettingsError(f"{path}: unknown section(s) {unknown}; a config has the sections {sorted(sections)}")
-    for item in overrides:
-        if item.partition(".")[0] not in sections:
-            raise SettingsError(f"--set {item!r}: use section.field=value, e.g. train.steps=100 or model.d_model=64")
-
-    def section(name: str, cls: type) -> Any:
-        values = {} if raw.get(name) is None else raw[name]
-        mine = [item for item in overrides if item.startswith(f"{name}.")]
-        changes = settings.parse_overrides(cls, mine, prefix=f"{name}.")
-        source = f"{path}, {name}:" + "".join(f" --set {item}" for item in mine)
-        return settings.build(cls, {**values, **changes} if isinstance(values, dict) else values, source)
-
-    return {name: section(name, cls) for name, cls in sections.items()}
+    raw = settings.read_sections(path, list(sections), overrides)
+    return {
+        name: settings.build(cls, *settings.section_values(raw, name, cls, overrides, path))
+        for name, cls in sections.items()
+    }
 
 
 def load_config(path: str | Path, overrides: Sequence[str] = ()) -> tuple[SparseTransformerConfig, TrainConfig]:
@@ -550,9 +539,11 @@ def record_rank_agreement(model: SparseTransformer, path: Path, is_main: bool) -
     dist.barrier()
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Train a weight-sparse SparseTransformer (or its dense baseline).")
-    parser.add_argument("--config", required=True, type=Path, help="YAML with model: and train: sections")
+def run_parser(description: str, sections: str) -> argparse.ArgumentParser:
+    """The command line of a training run (`train`, `make_bridges`): a config YAML with `sections`, the output
+    folder, resume or overwrite, `--set` overrides and no progress bar."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--config", required=True, type=Path, help=f"YAML with {sections} sections")
     parser.add_argument("--out", help="output folder (overrides train.out_dir)")
     parser.add_argument("--resume", action="store_true", help="continue the run in the output folder")
     parser.add_argument("--overwrite", action="store_true", help="replace the output folder")
@@ -560,6 +551,11 @@ def main(argv: list[str] | None = None) -> None:
         "--set", nargs="+", action="extend", default=[], metavar="SECTION.FIELD=VALUE", help="override config values"
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (logs and batch jobs)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = run_parser("Train a weight-sparse SparseTransformer (or its dense baseline).", "model: and train:")
     args = parser.parse_args(argv)
     try:
         model_cfg, cfg = load_config(args.config, args.set)
