@@ -161,6 +161,8 @@ def test_overwrite_replaces_only_what_the_trainer_wrote(tmp_path):
     assert (run / "notes.txt").read_text() == "mine"
     assert not (run / ".metrics.csv.tmp").exists()
     assert list(pd.read_csv(run / "metrics.csv").step) == [1, 3]
+    train(model_cfg, dataclasses.replace(cfg, overwrite=True, steps=2), progress=False)  # and again: still a run
+    assert (run / RUN_MARKER).is_file() and list(pd.read_csv(run / "metrics.csv").step) == [1, 2]
 
 
 def test_config_errors_name_the_problem(tmp_path):

@@ -206,7 +206,7 @@ def prepare_out_dir(out_dir: Path, cfg: TrainConfig) -> None:
             "folder."
         )
     out_dir.mkdir(parents=True, exist_ok=True)
-    if not is_run:
+    if not (out_dir / RUN_MARKER).is_file():  # a new run, or one whose files (marker included) were just replaced
         checkpoint.write_text_atomic(out_dir / RUN_MARKER, json.dumps({"written_by": "circuitlab.train"}) + "\n")
 
 
