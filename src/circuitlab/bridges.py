@@ -331,14 +331,18 @@ def bridge_report(pair: BridgedPair, tokens: Tensor) -> pd.DataFrame:
     dense_resids, dense_logits = residual_stream(pair.dense, tokens)
     sparse_resids, sparse_logits = residual_stream(pair.sparse, tokens)
     rows = []
-    for index, site in enumerate(pair.bridges.sites):
+    for index, site in enumerate(pair.bridges.sites):  # each hybrid pass starts from the streams computed above
+        encoded = pair.bridges.encode(index, dense_resids[index])
+        decoded = pair.bridges.decode(index, sparse_resids[index])
         rows.append(
             {
                 "site": site,
-                "nmse_encoder": nmse(pair.bridges.encode(index, dense_resids[index]), sparse_resids[index]).item(),
-                "nmse_decoder": nmse(pair.bridges.decode(index, sparse_resids[index]), dense_resids[index]).item(),
-                "kl_dense_then_sparse": kl_from(dense_logits, hybrid_logits(pair, tokens, index, "dense")).item(),
-                "kl_sparse_then_dense": kl_from(dense_logits, hybrid_logits(pair, tokens, index, "sparse")).item(),
+                "nmse_encoder": nmse(encoded, sparse_resids[index]).item(),
+                "nmse_decoder": nmse(decoded, dense_resids[index]).item(),
+                "kl_dense_then_sparse": kl_from(
+                    dense_logits, pair.sparse(encoded, start_at=site, tokens=tokens)
+                ).item(),
+                "kl_sparse_then_dense": kl_from(dense_logits, pair.dense(decoded, start_at=site, tokens=tokens)).item(),
             }
         )
     table = pd.DataFrame(rows).set_index("site")

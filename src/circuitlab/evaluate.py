@@ -23,7 +23,7 @@ from circuitlab.checkpoint import CheckpointError
 from circuitlab.corpus import TokenSampler, load_token_streams
 from circuitlab.model import SparseTransformer
 from circuitlab.settings import SettingsError
-from circuitlab.tasks import make_batch, task_accuracy, task_loss
+from circuitlab.tasks import Datapoint, make_batch, task_accuracy, task_loss
 
 
 @torch.no_grad()
@@ -50,14 +50,18 @@ def task_scores(model: SparseTransformer, name: str, n_pairs: int = 500, batch_p
     return {"accuracy": sum(correct) / n_pairs, "loss": sum(losses) / n_pairs}
 
 
-@torch.no_grad()
 def natural_scores(
     model: SparseTransformer, name: str, split: str = "val", limit: int | None = None
 ) -> dict[str, float]:
     """Accuracy and mean task loss on instances harvested from held-out real code (prompts keep their last n_ctx
     tokens), their number ``n``, and ``commoner``: the share of the commoner answer, the accuracy of always
     guessing it (NaN scores when the split has none)."""
-    points = tasks.harvest(name, split=split, limit=limit)
+    return scores_on_points(model, tasks.harvest(name, split=split, limit=limit))
+
+
+@torch.no_grad()
+def scores_on_points(model: SparseTransformer, points: list[Datapoint]) -> dict[str, float]:
+    """`natural_scores` on instances already harvested (harvest once, score every model)."""
     if not points:
         return {"accuracy": math.nan, "loss": math.nan, "n": 0, "commoner": math.nan}
     accuracies, losses = [], []
@@ -76,7 +80,8 @@ def natural_against_templated(models: dict[str, SparseTransformer], n_pairs: int
     the commoner answer's share), and each model's accuracy on them and on ``n_pairs`` templated test pairs."""
     rows = {}
     for task in tasks.HARVESTED:
-        scores = {name: natural_scores(model, task, limit=limit) for name, model in models.items()}
+        points = tasks.harvest(task, limit=limit)
+        scores = {name: scores_on_points(model, points) for name, model in models.items()}
         first = next(iter(scores.values()))
         rows[task] = {"n natural": first["n"], "commoner answer": _percent(first["commoner"])}
         for name, model in models.items():
@@ -148,8 +153,12 @@ def report(checkpoints: list[Path], n_pairs: int) -> str:
         {name: {task: task_scores(model, task, n_pairs) for task in tasks.names()} for name, model in models.items()}
     )
     by_task = accuracy.map(lambda s: f"{s['accuracy']:.1%} ({s['loss']:.3f})")
+    harvested = {task: tasks.harvest(task) for task in tasks.HARVESTED}
     natural = pd.DataFrame(
-        {name: {task: natural_scores(model, task) for task in tasks.HARVESTED} for name, model in models.items()}
+        {
+            name: {task: scores_on_points(model, points) for task, points in harvested.items()}
+            for name, model in models.items()
+        }
     )
     natural_text = natural.map(lambda s: f"{s['accuracy']:.1%} ({s['loss']:.3f}, n={s['n']})" if s["n"] else "– (n=0)")
     return "\n\n".join(

@@ -64,13 +64,6 @@ def target_probability(logits: Tensor, last: Tensor, token: int) -> Tensor:
 
 
 @torch.no_grad()
-def channel_delta(model: SparseTransformer, node: Node, source: Tensor, contrast: Tensor) -> Tensor:
-    """[prompt, pos]: the node's residual channel on the contrasting prompts minus on the steered ones."""
-    site = residual_site(model, node)
-    return model(contrast, stop_at=site)[..., node.index] - model(source, stop_at=site)[..., node.index]
-
-
-@torch.no_grad()
 def node_effects(model: SparseTransformer, circuit: Circuit, batch: TaskBatch) -> pd.DataFrame:
     """For each residual node of the circuit, on the pairs of `batch`: `separation`, the RMS of the channel's
     change between the two prompts of a pair over the channel's own RMS, and `patch_effect`, the rise in the
@@ -125,7 +118,9 @@ def steering_curve(
         raise ValueError("no pair in `batch` has two prompts of the same length; steering needs aligned pairs")
     target = int(batch.target[0])  # row 0 is answered by candidate 0
     site = residual_site(pair.sparse, node)
-    delta = channel_delta(pair.sparse, node, source, contrast)[..., None]  # [prompt, pos, 1]
+    sparse_resid = pair.sparse(source, stop_at=site)
+    # [prompt, pos, 1]: the node's channel on the contrasting prompts minus on the steered ones
+    delta = (pair.sparse(contrast, stop_at=site) - sparse_resid)[..., node.index, None]
     decoder = pair.bridges.decoder_matrix(site)  # [d_dense, d_sparse]
     taken = {n.index for n in residual_nodes(circuit)}
     others = [c for c in range(pair.sparse.cfg.d_model) if c != node.index]
@@ -136,7 +131,6 @@ def steering_curve(
     norm = decoder[:, node.index].norm()
     random_directions = decoder[:, random_channels].T * norm / decoder[:, random_channels].norm(dim=0)[:, None]
     dense_resid = pair.dense(source, stop_at=site)
-    sparse_resid = pair.sparse(source, stop_at=site)
     one_hot = torch.zeros(pair.sparse.cfg.d_model)
     one_hot[node.index] = 1.0
 

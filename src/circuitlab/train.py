@@ -367,7 +367,7 @@ def training_step(
     when the gradients are not finite (under DDP they are averaged first, so every rank stops at the same step)."""
     loss = (forward or model)(tokens, return_type="loss") if objective is None else objective.loss(model, tokens)
     loss.backward()
-    rms = normalize_gradients_(trained_parameters(model, objective))
+    rms = normalize_gradients_([param for group in optimizer.param_groups for param in group["params"]])
     if not math.isfinite(rms):
         optimizer.zero_grad(set_to_none=True)
         raise TrainingDiverged(f"the loss is {loss.item():.4g} and the gradients' RMS {rms}")
@@ -380,13 +380,9 @@ def training_step(
     return loss.detach(), project_topk_(model.weight_matrices(), l0, l0_embed, model.cfg.min_weights_per_unit)
 
 
-def trained_parameters(model: SparseTransformer, objective: Objective | None) -> list[torch.nn.Parameter]:
-    """The model's parameters, then the objective's own, in the order Adam and the saved states keep them."""
-    return list(model.parameters()) + (list(objective.trainable.parameters()) if objective is not None else [])
-
-
 def parameter_groups(model: SparseTransformer, objective: Objective | None) -> list[dict[str, Any]]:
-    """Adam's parameter groups: the model's at the scheduled rate, the objective's at `lr_scale` times it."""
+    """Adam's parameter groups: the model's at the scheduled rate, the objective's at `lr_scale` times it (the
+    order the saved states keep them in, `checkpoint.optimized_names`)."""
     groups: list[dict[str, Any]] = [{"params": list(model.parameters()), "lr_scale": 1.0}]
     if objective is not None:
         groups.append({"params": list(objective.trainable.parameters()), "lr_scale": objective.lr_scale})
