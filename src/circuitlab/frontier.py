@@ -3,10 +3,10 @@
 Each model is a point: its validation loss (capability, x) and the geometric mean of its circuits' edges at the
 target loss (interpretability, y; smaller is better). The paper's models all solve its tasks; ours, at CPU scale,
 each solve a different handful, and a mean over different tasks compares different things. So every comparison
-here is made over the tasks *all* the compared models solve (`shared_tasks`), and says how many those are.
+here is made over the tasks *all* the compared models solve (`frontier_points`), and says how many those are.
 
     tables = frontier.load("data/frontier")
-    frontier.trends(tables.models, tables.circuits, "budget")   # fixed nonzero weights: vary the width
+    frontier.trends(tables, "budget")                           # fixed nonzero weights: vary the width
     frontier.pruning_spread(tables.noise)                       # the pruner's own noise, for error bars
 """
 
@@ -65,24 +65,19 @@ def grid_budget(name: str) -> float:
     return float(int(match[1]) * (1000 if match[2] else 1))
 
 
-def solved_edges(circuits: pd.DataFrame) -> pd.DataFrame:
-    """Edges of every solved circuit as a task x model table (NaN where the model does not solve the task)."""
+def solved_edges(circuits: pd.DataFrame, columns: str = "model") -> pd.DataFrame:
+    """Edges of every solved circuit as a task x `columns` table (a circuits.csv: one column per model; a
+    noise.csv of one model: per seed), NaN where the task is not solved."""
     solved = circuits[circuits.solved.astype(str) == "True"]
-    return solved.pivot(index="task", columns="model", values="edges").astype(float)
-
-
-def shared_tasks(circuits: pd.DataFrame, models) -> list[str]:
-    """The tasks every one of `models` solves."""
-    edges = solved_edges(circuits).reindex(columns=list(models))
-    return sorted(edges.index[edges.notna().all(axis=1)])
+    return solved.pivot(index="task", columns=columns, values="edges").astype(float)
 
 
 def frontier_points(tables: FrontierTables, models=None) -> tuple[pd.DataFrame, list[str]]:
     """One row per model (all, or those named): its models.csv columns and `shared_edges`, the geometric-mean
     edges over the tasks every one of these models solves; and those tasks."""
     points = tables.models if models is None else tables.models.set_index("model").loc[list(models)].reset_index()
-    tasks = shared_tasks(tables.circuits, points.model)
-    edges = solved_edges(tables.circuits)
+    edges = solved_edges(tables.circuits).reindex(columns=list(points.model))
+    tasks = sorted(edges.index[edges.notna().all(axis=1)])
     points = points.assign(shared_edges=[geometric_mean(edges.loc[tasks, name]) for name in points.model])
     return points.reset_index(drop=True), tasks
 
@@ -119,7 +114,7 @@ def pruning_spread(noise: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame(columns=["model", "seed", "tasks", "edges", "spread"])
     rows = []
     for model, runs in noise.groupby("model"):
-        solved = runs[runs.solved.astype(str) == "True"].pivot(index="task", columns="seed", values="edges")
+        solved = solved_edges(runs, columns="seed")
         tasks = solved.dropna().index
         for seed in solved.columns:
             rows.append(
