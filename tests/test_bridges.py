@@ -26,12 +26,20 @@ from circuitlab.checkpoint import CheckpointError
 from circuitlab.circuit import Circuit, Node
 from circuitlab.config import SparseTransformerConfig
 from circuitlab.make_bridges import main as make_bridges_main
+from circuitlab.make_steering import SPREAD_FILE, make_steering
 from circuitlab.model import SparseTransformer
 from circuitlab.paths import DATA_DIR
 from circuitlab.plotting import plot_bridge_report, plot_steering_curve
 from circuitlab.settings import SettingsError
 from circuitlab.sparsity import l0_schedule
-from circuitlab.steering import residual_site, steering_curve, steering_effect
+from circuitlab.steering import (
+    channel_spread,
+    load_steering,
+    residual_site,
+    save_steering,
+    steering_curve,
+    steering_effect,
+)
 from circuitlab.tasks import TaskBatch
 from circuitlab.train import TrainConfig, initial_model, parameter_groups, training_step
 
@@ -212,3 +220,40 @@ def test_the_plots_draw_every_site_and_every_curve():
         "sparse model, same edit",
     ]
     plt.close("all")
+
+
+def test_channel_spread_shares_grow_with_the_channels_counted(tiny_pair):
+    batch = tokens(6, 12)
+    pairs = TaskBatch(batch, torch.full((6,), 11), torch.tensor([5, 6] * 3), torch.tensor([6, 5] * 3))
+    spread = channel_spread(tiny_pair.sparse, pairs, top=(1, 4, 32))
+    assert list(spread.index) == tiny_pair.sparse.residual_sites
+    assert ((spread.top_1_share > 0) & (spread.top_1_share <= spread.top_4_share)).all()
+    assert spread.top_32_share.round(5).eq(1).all()  # all 32 channels of the toy model hold all of the change
+    assert spread.channels_separated.between(0, 32).all()
+
+
+def test_steering_results_round_trip_and_a_missing_one_names_the_command(tmp_path):
+    effects = pd.DataFrame({"site": ["s"], "separation": [0.5], "patch_effect": [0.1]}, index=pd.Index(["L0.q.1"]))
+    effects.index.name = "node"
+    curve = pd.DataFrame({"dense": [0.1, 0.2], "random": [0.1, 0.1], "sparse": [0.1, 0.4]}, index=[0.0, 1.0])
+    curve.index.name = "strength"
+    curve.attrs.update(node="L0.q.1", random_channels=[3, 4])
+    save_steering(tmp_path / "task", effects, curve)
+    loaded_effects, loaded_curve = load_steering(tmp_path / "task")
+    pd.testing.assert_frame_equal(loaded_effects, effects)
+    pd.testing.assert_frame_equal(loaded_curve, curve)
+    assert loaded_curve.attrs == curve.attrs
+    with pytest.raises(FileNotFoundError, match=r"lacks nodes.csv, curve.csv, curve.json.*circuitlab.make_steering"):
+        load_steering(tmp_path / "other")
+
+
+def test_the_shipped_steering_is_complete_and_chose_its_first_ranked_node(tmp_path):
+    assert make_steering(DATA_DIR / "bridges", DATA_DIR / "circuits" / "bridged", DATA_DIR / "steering") == []
+    for task in ("single_double_quote", "while_return_true"):
+        nodes, curve = load_steering(DATA_DIR / "steering" / task)
+        assert curve.attrs["node"] == nodes.index[0] and curve.attrs["prompts"] > 100
+        assert steering_effect(curve)["dense"] > 0  # the steered node moves the dense model toward the target
+        spread = pd.read_csv(DATA_DIR / "steering" / task / SPREAD_FILE, index_col="site")
+        assert (spread.top_1_share <= spread.top_16_share).all()
+    with pytest.raises(FileNotFoundError, match="holds no circuit folder"):
+        make_steering(DATA_DIR / "bridges", tmp_path, tmp_path / "out")

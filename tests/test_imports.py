@@ -26,8 +26,8 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("corpus", "frontier"),  # reading the token streams; reading a sweep's tables (chapter 08)
     ("prune", "train", "evaluate", "handbook"),
     ("search", "controls", "steering"),  # each runs the pruner (search: in worker processes)
-    # the commands that make data/circuits/, controls/, frontier/ and bridges/
-    ("make_circuits", "make_controls", "sweep", "make_bridges"),
+    # the commands that make data/circuits/, controls/, frontier/, bridges/ and steering/
+    ("make_circuits", "make_controls", "sweep", "make_bridges", "make_steering"),
     ("circuitlab",),  # the package's own __init__
 )
 """A module may import only from a layer below its own."""

@@ -11,11 +11,15 @@ rescaled to the same norm in the dense model, and the same edit made in the spar
 
     effects, curve = steer_task(pair, circuit)   # rank the circuit's residual nodes, steer the best one
     steering_effect(curve)                      # change in p(candidate 0) at s = 1, and its ratio to the control
+    channel_spread(pair.sparse, batch)          # is the contrast held by one channel per site, or spread?
+    save_steering(directory, effects, curve)    # what `python -m circuitlab.make_steering` ships; load_steering
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
+from pathlib import Path
 
 import pandas as pd
 import torch
@@ -23,12 +27,14 @@ from torch import Tensor
 
 from circuitlab import tasks
 from circuitlab.bridges import BridgedPair
+from circuitlab.checkpoint import write_text_atomic
 from circuitlab.circuit import Circuit, Node
 from circuitlab.model import SparseTransformer
 from circuitlab.prune import PruneConfig, PrunePairs
 from circuitlab.tasks import TaskBatch
 
 STRENGTHS = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
+NODES_FILE, CURVE_FILE, CURVE_INFO_FILE = "nodes.csv", "curve.csv", "curve.json"
 # Residual-stream node locations -> where their channel lives: the site index before (0) or after (1) the
 # sub-layer, counted from the sub-layer's own index (2 * layer for attention, 2 * layer + 1 for the MLP).
 RESIDUAL_LOCATIONS = {"attn_read": (0, 0), "attn_write": (0, 1), "mlp_read": (1, 0), "mlp_write": (1, 1)}
@@ -180,3 +186,44 @@ def steer_task(
     effects = node_effects(pair.sparse, circuit, pairs.selection)
     node = Node.parse(str(effects.index[0]))
     return effects, steering_curve(pair, node, circuit, pairs.test, **curve_options)
+
+
+@torch.no_grad()
+def channel_spread(model: SparseTransformer, batch: TaskBatch, top: Sequence[int] = (1, 4, 16)) -> pd.DataFrame:
+    """How concentrated the contrast of `batch`'s pairs is at each residual site: the share of the squared change
+    between the two prompts of a pair (summed over prompts and tokens) that the `top` largest channels hold, and
+    how many channels change by more than half their own RMS. A feature held by one channel, like the paper's
+    quote-type classifier, gives a top-1 share near 1; then one channel can carry the whole edit."""
+    source, contrast, _ = contrast_rows(batch)
+    rows = {}
+    for site in model.residual_sites:
+        resid = model(source, stop_at=site)
+        change = model(contrast, stop_at=site) - resid
+        energy = change.pow(2).sum((0, 1)).sort(descending=True).values
+        separation = change.pow(2).mean((0, 1)).sqrt() / resid.pow(2).mean((0, 1)).sqrt().clamp_min(1e-12)
+        row = {f"top_{k}_share": (energy[:k].sum() / energy.sum().clamp_min(1e-12)).item() for k in top}
+        rows[site] = {**row, "channels_separated": int((separation > 0.5).sum())}
+    return pd.DataFrame.from_dict(rows, orient="index").rename_axis("site")
+
+
+def save_steering(directory: str | Path, effects: pd.DataFrame, curve: pd.DataFrame) -> None:
+    """Write a `steer_task` result to `directory` (created): the node ranking, the curve and the curve's attrs."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(directory / NODES_FILE, effects.to_csv())
+    write_text_atomic(directory / CURVE_FILE, curve.to_csv())
+    write_text_atomic(directory / CURVE_INFO_FILE, json.dumps(curve.attrs, indent=2) + "\n")
+
+
+def load_steering(directory: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The (node ranking, steering curve) that `save_steering` wrote to `directory`."""
+    directory = Path(directory)
+    missing = [name for name in (NODES_FILE, CURVE_FILE, CURVE_INFO_FILE) if not (directory / name).is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"{directory} lacks {', '.join(missing)}; make it with "
+            f"`python -m circuitlab.make_steering --out {directory.parent}`"
+        )
+    curve = pd.read_csv(directory / CURVE_FILE, index_col="strength")
+    curve.attrs.update(json.loads((directory / CURVE_INFO_FILE).read_text()))
+    return pd.read_csv(directory / NODES_FILE, index_col="node"), curve
