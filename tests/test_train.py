@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -17,6 +18,7 @@ from circuitlab import SparseTransformer, checkpoint
 from circuitlab.checkpoint import find_training_state
 from circuitlab.corpus import TokenSampler
 from circuitlab.settings import SettingsError
+from circuitlab.synthetic import MIXES
 from circuitlab.train import RUN_MARKER, TrainConfig, load_config, main, schedule_table, train, write_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -199,6 +201,7 @@ def test_config_errors_name_the_problem(tmp_path):
         ("train:\n  betas: 0.9\n", r"betas=0.9 is not a list"),
         ("train:\n  resume: maybe\n", r"resume='maybe' is not a boolean"),
         ("train:\n  device: tpu\n", r"device='tpu' must be one of \('cpu', 'cuda'\)"),
+        ("train:\n  synthetic_mix: html\n", r"synthetic_mix='html' must be one of \('templates', 'python'\)"),
         ("train:\n  threads: 0\n", r"threads=0 must be at least 1"),
         ("train:\n  lr: 20\n", r"weight_decay \* lr = 2 must be below 1"),
         ("model:\n  afrac: 2\n", r"bad.yaml, model: Invalid SparseTransformerConfig: afrac=2.0 must be in \(0, 1\]"),
@@ -225,6 +228,18 @@ def test_each_bad_config_value_is_named_with_its_file(tmp_path, text, message):
 def test_each_bad_override_is_named(override, message):
     with pytest.raises(SettingsError, match=message):
         load_config(TINY, [override])
+
+
+STREAM_SOURCES = ("real", *MIXES)
+
+
+def test_the_sampler_draws_synthetic_rows_from_its_mix_and_refuses_an_unknown_one():
+    streams = {f"{source}/train": np.full(500, value, dtype=np.uint16) for value, source in enumerate(STREAM_SOURCES)}
+    for value, mix in enumerate(STREAM_SOURCES[1:], start=1):
+        rows = TokenSampler(streams, "train", 16, synthetic_fraction=0.5, seed=0, mix=mix).batch(0, 64)
+        assert set(rows.unique().tolist()) == {0, value}  # real code and this mix's stream, nothing else
+    with pytest.raises(ValueError, match=r"no synthetic mix 'html'; the streams hold \['python/train'"):
+        TokenSampler(streams, "train", 16, synthetic_fraction=0.5, seed=0, mix="html")
 
 
 def test_the_command_line_reports_errors_without_a_traceback_and_leaves_no_files(tmp_path):

@@ -18,13 +18,14 @@ from tokenizers import Tokenizer
 
 from circuitlab.paths import CACHE_DIR
 from circuitlab.snapshot import build_snapshot, iter_corpus_files
-from circuitlab.synthetic import generate_snippets, generate_text
+from circuitlab.synthetic import MIXES, generate_snippets, generate_text
 from circuitlab.tokenizer import DEFAULT_TOKENIZER_PATH, DEFAULT_VOCAB_SIZE, load_tokenizer, train_tokenizer
 
 TOKENS_DIR = CACHE_DIR / "tokens"
-STREAM_NAMES = ("real/train", "real/val", "synthetic/train", "synthetic/val")
+SPLITS = ("train", "val")
+STREAM_NAMES = tuple(f"{source}/{split}" for source in ("real", *MIXES) for split in SPLITS)
 SYNTHETIC_TOKENS = {"train": 4_000_000, "val": 200_000}
-SYNTHETIC_SEEDS = {"train": 1, "val": 2}
+SYNTHETIC_SEEDS = {("templates", "train"): 1, ("templates", "val"): 2, ("python", "train"): 3, ("python", "val"): 4}
 
 
 def training_texts() -> list[str]:
@@ -58,10 +59,11 @@ def _encode_documents(tokenizer: Tokenizer, documents: list[str]) -> np.ndarray:
     return np.asarray(ids, dtype=np.uint16)
 
 
-def _synthetic_stream(tokenizer: Tokenizer, split: str) -> np.ndarray:
+def _synthetic_stream(tokenizer: Tokenizer, mix: str, split: str) -> np.ndarray:
     chunks, total, chunk = [], 0, 0
     while total < SYNTHETIC_TOKENS[split]:
-        ids = _encode_documents(tokenizer, generate_snippets(2000, seed=SYNTHETIC_SEEDS[split] * 100_000 + chunk))
+        seed = SYNTHETIC_SEEDS[mix, split] * 100_000 + chunk
+        ids = _encode_documents(tokenizer, generate_snippets(2000, seed, MIXES[mix]))
         chunks.append(ids)
         total += len(ids)
         chunk += 1
@@ -75,9 +77,9 @@ def build_token_streams(tokenizer_path: str | Path | None = None) -> dict:
     start = time.perf_counter()
     streams = {
         f"real/{split}": _encode_documents(tokenizer, [text for _, text in iter_corpus_files(split)])
-        for split in ("train", "val")
+        for split in SPLITS
     }
-    streams |= {f"synthetic/{split}": _synthetic_stream(tokenizer, split) for split in ("train", "val")}
+    streams |= {f"{mix}/{split}": _synthetic_stream(tokenizer, mix, split) for mix in MIXES for split in SPLITS}
     TOKENS_DIR.mkdir(parents=True, exist_ok=True)
     for name, ids in streams.items():
         ids.tofile(stream_path(name))
@@ -91,10 +93,13 @@ def build_token_streams(tokenizer_path: str | Path | None = None) -> dict:
 
 
 def token_streams_are_current(tokenizer_path: Path) -> bool:
-    """Whether the token streams exist and were built with the tokenizer at ``tokenizer_path``."""
+    """Whether every token stream exists and was built with the tokenizer at ``tokenizer_path``."""
     meta_path = TOKENS_DIR / "meta.json"
     digest = hashlib.sha256(tokenizer_path.read_bytes()).hexdigest()
-    return meta_path.is_file() and json.loads(meta_path.read_text())["tokenizer_sha256"] == digest
+    if not meta_path.is_file():
+        return False
+    meta = json.loads(meta_path.read_text())
+    return meta["tokenizer_sha256"] == digest and sorted(meta["tokens"]) == sorted(STREAM_NAMES)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -24,16 +24,27 @@ def load_token_streams(tokenizer_path: str | Path | None = None) -> dict[str, np
 
 
 class TokenSampler:
-    """Random context windows from the token streams; `batch(step, n)` depends only on (seed, step), so
-    training resumes exactly and every distributed rank sees the same global batch."""
+    """Random context windows from the token streams: a `synthetic_fraction` of the rows from the stream of the
+    synthetic `mix` (`circuitlab.synthetic.MIXES`), the rest from real code. `batch(step, n)` depends only on
+    (seed, step), so training resumes exactly and every distributed rank sees the same global batch."""
 
-    def __init__(self, streams: dict[str, np.ndarray], split: str, n_ctx: int, synthetic_fraction: float, seed: int):
+    def __init__(
+        self,
+        streams: dict[str, np.ndarray],
+        split: str,
+        n_ctx: int,
+        synthetic_fraction: float,
+        seed: int,
+        mix: str = "templates",
+    ):
         if split not in ("train", "val"):
             raise ValueError(f"split must be 'train' or 'val', got {split!r}")
         if not 0 <= synthetic_fraction <= 1:
             raise ValueError(f"synthetic_fraction must be in [0, 1], got {synthetic_fraction}")
-        self.real, self.synthetic = streams[f"real/{split}"], streams[f"synthetic/{split}"]
-        for name, stream in ((f"real/{split}", self.real), (f"synthetic/{split}", self.synthetic)):
+        if f"{mix}/{split}" not in streams:
+            raise ValueError(f"no synthetic mix {mix!r}; the streams hold {sorted(streams)}")
+        self.real, self.synthetic = streams[f"real/{split}"], streams[f"{mix}/{split}"]
+        for name, stream in ((f"real/{split}", self.real), (f"{mix}/{split}", self.synthetic)):
             if len(stream) <= n_ctx:
                 raise ValueError(f"n_ctx={n_ctx} is longer than the {name} stream ({len(stream)} tokens)")
         self.n_ctx, self.synthetic_fraction, self.seed = n_ctx, synthetic_fraction, seed

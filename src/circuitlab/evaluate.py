@@ -27,10 +27,13 @@ from circuitlab.tasks import Datapoint, make_batch, task_accuracy, task_loss
 
 
 @torch.no_grad()
-def validation_loss(model: SparseTransformer, source: str = "real", n_batches: int = 16, batch_size: int = 32) -> float:
-    """Mean next-token loss on held-out windows of real code ("real") or synthetic snippets ("synthetic")."""
+def validation_loss(
+    model: SparseTransformer, source: str = "real", n_batches: int = 16, batch_size: int = 32, mix: str = "templates"
+) -> float:
+    """Mean next-token loss on held-out windows of real code ("real") or of the synthetic `mix`'s snippets
+    ("synthetic")."""
     fraction = {"real": 0.0, "synthetic": 1.0}[source]
-    sampler = TokenSampler(load_token_streams(), "val", model.cfg.n_ctx, fraction, seed=2024)
+    sampler = TokenSampler(load_token_streams(), "val", model.cfg.n_ctx, fraction, seed=2024, mix=mix)
     return sum(model(sampler.batch(i, batch_size), return_type="loss").item() for i in range(n_batches)) / n_batches
 
 
@@ -128,6 +131,7 @@ def provenance(checkpoint: Path) -> dict[str, object]:
         "steps": train_cfg["steps"],
         "tokens": f"{int(metrics.tokens.iloc[-1]) / 1e6:.1f} M",
         "synthetic fraction": train_cfg["synthetic_fraction"],
+        "synthetic mix": train_cfg.get("synthetic_mix", "templates"),  # runs from before the mixes: templates
         "peak lr": train_cfg["lr"],
         "mean tokens/s": round(metrics.tokens_per_s.mean()),
     }

@@ -39,7 +39,9 @@ def make_bridges(
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     dense = SparseTransformer.from_pretrained(bridge_cfg.dense).eval()
-    val = TokenSampler(load_token_streams(), "val", model_cfg.n_ctx, cfg.synthetic_fraction, VAL_SEED)
+    val = TokenSampler(
+        load_token_streams(), "val", model_cfg.n_ctx, cfg.synthetic_fraction, VAL_SEED, cfg.synthetic_mix
+    )
     fit_tokens = [val.batch(1000 + i, cfg.batch_size) for i in range(bridge_cfg.fit_batches)]
     bridges = fit_bridges(dense, initial_model(model_cfg, cfg).eval(), fit_tokens)  # a resumed run loads its own
     sparse = train(model_cfg, cfg, progress, objective=BridgeObjective(dense, bridges, bridge_cfg)).eval()

@@ -5,11 +5,16 @@ each task's pattern with its correct continuation (strings closed by either quot
 variables initialised as ``set()`` or a string and used lines later ...). Task instances come only from the
 *train* split of :mod:`circuitlab.tasks`, so no test prompt is ever training text. The rest is ordinary filler
 code: functions, loops, classes, dicts, comprehensions, comments.
+
+A `Mix` says how much of each: `TEMPLATES`, the frozen mix of the shipped models (two thirds of their training
+rows are literal task instances, so they learn the templates), and `PYTHON`, the paper's twenty tasks at most
+once per snippet, inside generated code, in half the snippets. `circuitlab.build` writes one token stream per mix.
 """
 
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass
 
 from circuitlab import tasks
 from circuitlab.tasks.codegen import (
@@ -26,9 +31,6 @@ from circuitlab.tasks.codegen import (
     statement,
     statements,
 )
-
-TASK_SNIPPET_FRACTION = 0.75
-"""Share of snippets made of task instances (optionally followed by filler code); the rest is filler."""
 
 TRAINING_MIX: dict[str, int] = {
     "single_double_quote": 4,
@@ -55,51 +57,105 @@ TRAINING_MIX: dict[str, int] = {
     "enumerate_range": 1,
     "dict_items_unpack": 1,
 }
-"""The tasks whose train-split instances the snippets show, with their weights (the paper's three case studies
-four times as often as the rest; set_or_string in its one-variable form). Frozen: the shipped tokenizer and models
-were made from this text (tests/test_golden.py), so a task registered later is not drawn unless it is added here
-on purpose."""
-
-_MIX_TASKS = [tasks.get(name) for name in TRAINING_MIX]
-_MIX_WEIGHTS = list(TRAINING_MIX.values())
+"""The tasks whose train-split instances the `templates` mix shows, with their weights (the paper's three case
+studies four times as often as the rest; set_or_string in its one-variable form)."""
 
 
-def generate_snippets(n: int, seed: int) -> list[str]:
+@dataclass(frozen=True)
+class Mix:
+    """What a synthetic stream is made of: a `task_fraction` of its snippets hold train-split task instances
+    (`instances` of one task, drawn with `task_weights`); the rest is task-free filler code. With `in_code`, each
+    instance sits inside generated code (filler before it, sometimes after), as a pattern does in a real file."""
+
+    name: str
+    task_weights: dict[str, int]
+    task_fraction: float
+    instances: tuple[int, int]
+    in_code: bool
+
+    def tasks_and_weights(self) -> tuple[list[tasks.Task], list[int]]:
+        return [tasks.get(name) for name in self.task_weights], list(self.task_weights.values())
+
+
+TEMPLATES = Mix("templates", TRAINING_MIX, task_fraction=0.75, instances=(1, 3), in_code=False)
+"""The mix the shipped tokenizer and models were made from (tests/test_golden.py freezes its text): about two
+thirds of training rows (90 % synthetic x 75 % task snippets) are literal task instances, repeated 1-3 times."""
+PYTHON = Mix(
+    "python",
+    {**dict.fromkeys(tasks.PAPER_TASKS, 2), **{name: 1 for name in TRAINING_MIX if name not in tasks.PAPER_TASKS}},
+    task_fraction=0.5,
+    instances=(1, 1),
+    in_code=True,
+)
+"""A mix that teaches Python rather than templates: the paper's twenty tasks (twice the weight of the extra
+ones), one instance per snippet, always inside generated code; half the snippets are task-free. With
+`synthetic_fraction` 0.55 (configs/python.yaml) about 27 % of training rows come from task snippets."""
+MIXES = {mix.name: mix for mix in (TEMPLATES, PYTHON)}
+
+
+def get_mix(name: str) -> Mix:
+    if name not in MIXES:
+        raise ValueError(f"unknown synthetic mix {name!r}; choose one of {sorted(MIXES)}")
+    return MIXES[name]
+
+
+def generate_snippets(n: int, seed: int, mix: Mix = TEMPLATES) -> list[str]:
     """``n`` independent snippets, the same for the same seed (a private ``random.Random(seed)``)."""
     rng = random.Random(seed)
-    return [_snippet(rng) for _ in range(n)]
+    return ["".join(text for text, _ in snippet_pieces(rng, mix)) for _ in range(n)]
 
 
-def generate_text(n_chars: int, seed: int) -> str:
+def generate_text(n_chars: int, seed: int, mix: Mix = TEMPLATES) -> str:
     """Snippets joined by blank lines until at least ``n_chars`` characters (deterministic in ``seed``)."""
     rng = random.Random(seed)
     parts: list[str] = []
     length = 0
     while length < n_chars:
-        parts.append(_snippet(rng))
+        parts.append("".join(text for text, _ in snippet_pieces(rng, mix)))
         length += len(parts[-1]) + 2
     return "\n\n".join(parts)
 
 
-def _snippet(rng: random.Random) -> str:
-    if rng.random() < TASK_SNIPPET_FRACTION:
-        text = task_snippet(rng)
+def literal_share(mix: Mix, n: int = 2000, seed: int = 0) -> float:
+    """The share of a mix's synthetic text (in characters) that lies inside task instances: prompt, answer and
+    the lines after it."""
+    rng = random.Random(seed)
+    pieces = [piece for _ in range(n) for piece in snippet_pieces(rng, mix)]
+    return sum(len(text) for text, literal in pieces if literal) / sum(len(text) for text, _ in pieces)
+
+
+def snippet_pieces(rng: random.Random, mix: Mix) -> list[tuple[str, bool]]:
+    """One snippet as pieces of text, each marked True when it is part of a task instance."""
+    if rng.random() >= mix.task_fraction:
+        return [(filler_snippet(rng), False)]
+    if not mix.in_code:
+        pieces = _task_pieces(rng, mix)
         if rng.random() < 0.3:
-            text += "\n\n" + filler_snippet(rng)
-        return text
-    return filler_snippet(rng)
+            pieces.append(("\n\n" + filler_snippet(rng), False))
+        return pieces
+    pieces = [(filler_snippet(rng) + "\n", False), *_task_pieces(rng, mix)]
+    if rng.random() < 0.5:
+        pieces.append(("\n" + filler_snippet(rng), False))
+    return pieces
 
 
-def task_snippet(rng: random.Random) -> str:
-    """One to three train-split instances of a task of the mix, each with its correct answer and the lines
-    after it, like a file that repeats a pattern with variations."""
-    task = rng.choices(_MIX_TASKS, _MIX_WEIGHTS)[0]
-    texts = []
-    for _ in range(rng.randint(1, 3)):
+def task_snippet(rng: random.Random, mix: Mix = TEMPLATES) -> str:
+    """Train-split instances of one task of the mix, each with its correct answer and the lines after it (the
+    templates mix repeats the pattern 1-3 times, like a file that repeats it with variations)."""
+    return "".join(text for text, _ in _task_pieces(rng, mix))
+
+
+def _task_pieces(rng: random.Random, mix: Mix) -> list[tuple[str, bool]]:
+    task_list, weights = mix.tasks_and_weights()
+    task = rng.choices(task_list, weights)[0]
+    pieces: list[tuple[str, bool]] = []
+    for i in range(rng.randint(*mix.instances)):
         side = rng.randrange(2)
         instance = task.draw(rng, "train")[side]
-        texts.append(instance.prompt + task.candidates[side] + instance.rest)
-    return "\n".join(texts)
+        if i:
+            pieces.append(("\n", False))
+        pieces.append((instance.prompt + task.candidates[side] + instance.rest, True))
+    return pieces
 
 
 # ------------------------------------------------------------------------------------------------ filler

@@ -47,6 +47,7 @@ from circuitlab.corpus import TokenSampler, load_token_streams
 from circuitlab.model import SparseTransformer
 from circuitlab.settings import SettingsError
 from circuitlab.sparsity import l0_schedule, lr_schedule, normalize_gradients_, project_topk_
+from circuitlab.synthetic import MIXES
 
 METRIC_FIELDS = (
     "step",
@@ -72,6 +73,7 @@ TRAJECTORY_FIELDS = (
     "l0_start_frac",
     "l0_end_frac",
     "synthetic_fraction",
+    "synthetic_mix",
     "seed",
     "init_from",
 )
@@ -112,6 +114,7 @@ class TrainConfig:
     l0_start_frac: float = 0.01  # L0 stays 1 (dense) until this fraction of the steps...
     l0_end_frac: float = 0.5  # ...then falls linearly to the model's weight_l0 / embed_l0 by this one
     synthetic_fraction: float = 0.5  # share of batch rows drawn from synthetic task-rich snippets
+    synthetic_mix: str = "templates"  # which synthetic stream (circuitlab.synthetic.MIXES): templates or python
     eval_every: int = 100  # steps between validation-loss and dead-neuron evaluations
     eval_batches: int = 4  # validation batches (of batch_size rows) per evaluation
     log_every: int = 10
@@ -150,6 +153,7 @@ class TrainConfig:
                 "weight_decay": settings.at_least(0),
                 **dict.fromkeys(("warmup_frac", "l0_start_frac", "l0_end_frac", "synthetic_fraction"), fraction),
                 "device": settings.one_of(("cpu", "cuda")),
+                "synthetic_mix": settings.one_of(tuple(MIXES)),
             },
             problems,
         )
@@ -437,8 +441,9 @@ def train(
         )
     optimizer = torch.optim.Adam(parameter_groups(model, objective), lr=cfg.lr, betas=cfg.betas, eps=cfg.eps)
     streams = load_token_streams()
-    train_sampler = TokenSampler(streams, "train", model_cfg.n_ctx, cfg.synthetic_fraction, cfg.seed)
-    val_sampler = TokenSampler(streams, "val", model_cfg.n_ctx, cfg.synthetic_fraction, VAL_SEED)
+    mix = cfg.synthetic_mix
+    train_sampler = TokenSampler(streams, "train", model_cfg.n_ctx, cfg.synthetic_fraction, cfg.seed, mix)
+    val_sampler = TokenSampler(streams, "val", model_cfg.n_ctx, cfg.synthetic_fraction, VAL_SEED, mix)
     if is_main:  # only now, so that a config or model that fails leaves no files behind
         prepare_out_dir(out_dir, cfg)
     if world_size > 1:
