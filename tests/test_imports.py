@@ -28,6 +28,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("search", "controls", "steering"),  # each runs the pruner (search: in worker processes)
     # the commands that make data/circuits/, controls/, frontier/, bridges/ and steering/
     ("make_circuits", "make_controls", "sweep", "make_bridges", "make_steering"),
+    ("candidates",),  # data/candidates/: compares trained models, measuring circuits as the sweep does
     ("circuitlab",),  # the package's own __init__
 )
 """A module may import only from a layer below its own."""

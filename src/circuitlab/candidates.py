@@ -1,0 +1,130 @@
+"""Candidate models for the handbook compared on what it needs from them: language modelling, the paper's tasks
+on templated and on natural code, and circuits small enough to read.
+
+    python -m circuitlab.candidates data/checkpoints/sparse runs/sparse_python ... --out data/candidates
+
+`candidates.csv` gets one row per checkpoint (`COLUMNS`), appended when the row is done; a checkpoint whose name
+is already in the table is skipped, so the same command resumes. The three case studies are pruned with one
+fixed, fast setting (`PRUNE`, the frontier sweep's: circuit sizes before greedy cleanup) on every model alike, and
+only when the full model reaches the target on held-out pairs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from circuitlab import tables, tasks
+from circuitlab.evaluate import nonzero_weights, scores_on_points, task_scores, validation_loss
+from circuitlab.model import SparseTransformer
+from circuitlab.prune import PRETRAINING_ROWS, PruneConfig, sample_pretraining_tokens
+from circuitlab.sweep import circuit_row, training_seconds
+from circuitlab.synthetic import MIXES
+from circuitlab.train import METRICS_FILE
+
+CASE_STUDIES = ("single_double_quote", "bracket_counting", "set_or_string_fixedvarname")
+"""The paper's three circuits read by hand (its sections 3.2.1-3.2.3)."""
+PRUNE = PruneConfig(target_loss=0.15, steps=150, selection_pairs=200, test_pairs=200, cleanup=False, edge_cleanup=False)
+TASK_PAIRS = 500  # held-out templated pairs per task: a task is solved when its mean task loss is at most 0.15
+NATURAL = ("single_double_quote", "bracket_counting", "set_or_string")  # natural accuracy also shown per task
+COLUMNS = (
+    "model",
+    "shape",
+    "weight_l0",
+    "embed_l0",
+    "nonzero_params",
+    "tokens",
+    "synthetic_mix",
+    "synthetic_fraction",
+    "train_minutes",
+    "val_loss_real",
+    *(f"val_loss_{mix}" for mix in MIXES),
+    "paper_tasks_solved",
+    "natural_accuracy",
+    *(f"natural_{task}" for task in NATURAL),
+    *(f"{task}_{column}" for task in CASE_STUDIES for column in ("nodes", "edges", "loss")),
+    "seconds",
+)
+"""How the model was trained (`tokens` and `train_minutes` from its metrics.csv), validation loss in nats per
+token on held-out real code and on each mix's held-out snippets, the paper's twenty tasks solved on templated
+test pairs, accuracy on natural instances harvested from held-out code (mean over the harvested tasks, and for
+three of them), each case study's circuit (empty when the model does not solve the task), and the row's wall time."""
+TABLE_FILE = "candidates.csv"
+
+
+def candidate_row(checkpoint: Path, natural: dict[str, list[tasks.Datapoint]], seed: int = 0) -> dict[str, Any]:
+    """The `COLUMNS` of one checkpoint; `natural` maps each harvested task to its instances."""
+    started = time.perf_counter()
+    model = SparseTransformer.from_pretrained(checkpoint).eval()
+    train_cfg = json.loads((checkpoint / "train_config.json").read_text())
+    metrics_path = checkpoint / METRICS_FILE
+    cfg = model.cfg
+    row: dict[str, Any] = {
+        "model": checkpoint.name,
+        "shape": f"{cfg.n_layers}x{cfg.d_model}",
+        "weight_l0": cfg.weight_l0,
+        "embed_l0": cfg.embed_l0,
+        "nonzero_params": nonzero_weights(model),
+        "tokens": train_cfg["steps"] * train_cfg["batch_size"] * cfg.n_ctx,
+        "synthetic_mix": train_cfg.get("synthetic_mix", "templates"),
+        "synthetic_fraction": train_cfg["synthetic_fraction"],
+        "train_minutes": round(training_seconds(metrics_path) / 60, 1) if metrics_path.is_file() else "",
+        "val_loss_real": round(validation_loss(model, "real"), 4),
+    }
+    row |= {f"val_loss_{mix}": round(validation_loss(model, "synthetic", mix=mix), 4) for mix in MIXES}
+    solved = [name for name in tasks.PAPER_TASKS if task_scores(model, name, TASK_PAIRS)["loss"] <= PRUNE.target_loss]
+    scores = {name: scores_on_points(model, points)["accuracy"] for name, points in natural.items()}
+    row |= {
+        "paper_tasks_solved": len(solved),
+        "natural_accuracy": round(sum(scores.values()) / len(scores), 4),
+        **{f"natural_{name}": round(scores[name], 4) for name in NATURAL},
+    }
+    pretraining = sample_pretraining_tokens(model, PRETRAINING_ROWS, seed)
+    for name in CASE_STUDIES:
+        found = circuit_row(model, name, PRUNE, pretraining)
+        row |= {f"{name}_nodes": found["nodes"], f"{name}_edges": found["edges"], f"{name}_loss": found["task_loss"]}
+    return row | {"seconds": round(time.perf_counter() - started)}
+
+
+def run(checkpoints: list[Path], out: Path) -> list[str]:
+    """Append a row for every checkpoint not yet in `out/candidates.csv`; returns the names it measured."""
+    missing = [str(path) for path in checkpoints if not (path / "train_config.json").is_file()]
+    if missing:
+        raise FileNotFoundError(f"not a training run's checkpoint (no train_config.json): {', '.join(missing)}")
+    table = out / TABLE_FILE
+    tables.start_table(table, COLUMNS)
+    done = {row["model"] for row in tables.read_rows(table)}
+    todo = [path for path in checkpoints if path.name not in done]
+    natural = {name: tasks.harvest(name) for name in tasks.HARVESTED} if todo else {}
+    natural = {name: points for name, points in natural.items() if points}
+    for path in todo:
+        row = candidate_row(path, natural)
+        tables.append_rows(table, COLUMNS, [row])
+        print(json.dumps({key: row[key] for key in ("model", "val_loss_real", "paper_tasks_solved", "seconds")}))
+    return [path.name for path in todo]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("checkpoints", nargs="+", type=Path, help="training run folders (circuitlab.train's --out)")
+    parser.add_argument("--out", type=Path, default=Path("data/candidates"), help="folder of candidates.csv")
+    parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's own choice)")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    names = [path.name for path in args.checkpoints]
+    if len(set(names)) != len(names):
+        raise SystemExit(f"circuitlab.candidates: error: two checkpoints share a folder name in {names}")
+    try:
+        run(args.checkpoints, args.out)
+    except (FileNotFoundError, ValueError) as err:
+        raise SystemExit(f"circuitlab.candidates: error: {err}") from None
+
+
+if __name__ == "__main__":
+    main()
