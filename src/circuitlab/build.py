@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Tokenizer
 
+from circuitlab.checkpoint import write_atomic
 from circuitlab.paths import CACHE_DIR
 from circuitlab.snapshot import build_snapshot, iter_corpus_files
 from circuitlab.synthetic import MIXES, generate_snippets, generate_text
@@ -25,7 +26,14 @@ TOKENS_DIR = CACHE_DIR / "tokens"
 SPLITS = ("train", "val")
 STREAM_NAMES = tuple(f"{source}/{split}" for source in ("real", *MIXES) for split in SPLITS)
 SYNTHETIC_TOKENS = {"train": 4_000_000, "val": 200_000}
-SYNTHETIC_SEEDS = {("templates", "train"): 1, ("templates", "val"): 2, ("python", "train"): 3, ("python", "val"): 4}
+SYNTHETIC_SEEDS = {
+    ("templates", "train"): 1,
+    ("templates", "val"): 2,
+    ("python", "train"): 3,
+    ("python", "val"): 4,
+    ("python_case_studies", "train"): 5,
+    ("python_case_studies", "val"): 6,
+}
 
 
 def training_texts() -> list[str]:
@@ -81,8 +89,8 @@ def build_token_streams(tokenizer_path: str | Path | None = None) -> dict:
     }
     streams |= {f"{mix}/{split}": _synthetic_stream(tokenizer, mix, split) for mix in MIXES for split in SPLITS}
     TOKENS_DIR.mkdir(parents=True, exist_ok=True)
-    for name, ids in streams.items():
-        ids.tofile(stream_path(name))
+    for name, ids in streams.items():  # renamed into place: a running job's memory map keeps the old file
+        write_atomic(stream_path(name), ids.tofile)
     meta = {
         "tokenizer_sha256": hashlib.sha256(tokenizer_path.read_bytes()).hexdigest(),
         "tokens": {name: int(len(ids)) for name, ids in streams.items()},
