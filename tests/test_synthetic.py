@@ -73,7 +73,7 @@ def test_the_python_mix_holds_the_paper_tasks_inside_code_and_far_fewer_literal_
     templates, python = synthetic.literal_share(TEMPLATES, 500), synthetic.literal_share(PYTHON, 500)
     assert 0.45 < templates < 0.65 and 0.05 < python < 0.25  # characters inside task instances
     assert synthetic.get_mix("python") is PYTHON
-    with pytest.raises(ValueError, match=r"unknown synthetic mix 'html'; choose one of \['python', 'templates'\]"):
+    with pytest.raises(ValueError, match=r"unknown synthetic mix 'html'; choose one of \['python', 'python_case_"):
         synthetic.get_mix("html")
 
 
