@@ -201,7 +201,7 @@ def test_config_errors_name_the_problem(tmp_path):
         ("train:\n  betas: 0.9\n", r"betas=0.9 is not a list"),
         ("train:\n  resume: maybe\n", r"resume='maybe' is not a boolean"),
         ("train:\n  device: tpu\n", r"device='tpu' must be one of \('cpu', 'cuda'\)"),
-        ("train:\n  synthetic_mix: html\n", r"synthetic_mix='html' must be one of \('templates', 'python', 'python_case_studies'"),
+        ("train:\n  synthetic_mix: html\n", r"synthetic_mix='html' must be one of \('templates', 'python', 'python_"),
         ("train:\n  threads: 0\n", r"threads=0 must be at least 1"),
         ("train:\n  lr: 20\n", r"weight_decay \* lr = 2 must be below 1"),
         ("model:\n  afrac: 2\n", r"bad.yaml, model: Invalid SparseTransformerConfig: afrac=2.0 must be in \(0, 1\]"),
