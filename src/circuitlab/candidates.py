@@ -24,7 +24,6 @@ from circuitlab.evaluate import nonzero_weights, scores_on_points, task_scores, 
 from circuitlab.model import SparseTransformer
 from circuitlab.prune import PRETRAINING_ROWS, PruneConfig, sample_pretraining_tokens
 from circuitlab.sweep import circuit_row, training_seconds
-from circuitlab.synthetic import MIXES
 from circuitlab.train import METRICS_FILE
 
 CASE_STUDIES = ("single_double_quote", "bracket_counting", "set_or_string_fixedvarname")
@@ -43,7 +42,9 @@ COLUMNS = (
     "synthetic_fraction",
     "train_minutes",
     "val_loss_real",
-    *(f"val_loss_{mix}" for mix in MIXES),
+    "val_loss_templates",
+    "val_loss_python",
+    "val_loss_own_mix",
     "paper_tasks_solved",
     "natural_accuracy",
     "natural_beats_guess",
@@ -51,12 +52,13 @@ COLUMNS = (
     *(f"{task}_{column}" for task in CASE_STUDIES for column in ("nodes", "edges", "loss")),
     "seconds",
 )
-"""How the model was trained (`tokens` and `train_minutes` from its metrics.csv), validation loss in nats per
-token on held-out real code and on each mix's held-out snippets, the paper's twenty tasks solved on templated
-test pairs; on natural instances harvested from held-out code, the mean accuracy over the harvested tasks, the
-number of tasks with at least `NATURAL_MIN` instances where the model beats always guessing the commoner answer,
-and the accuracy on string closings; each case study's circuit (empty when the model does not solve the task);
-and the row's wall time."""
+"""How the model was trained (`tokens` and `train_minutes` from its metrics.csv); validation loss in nats per
+token on held-out real code, on the templates and the python mixes' held-out snippets, and on its own training
+mix (real and synthetic rows in its proportions, as the trainer's val_loss: models are matched on this); the
+paper's twenty tasks solved on templated test pairs; on natural instances harvested from held-out code, the
+mean accuracy over the harvested tasks, the number of tasks with at least `NATURAL_MIN` instances where the model
+beats always guessing the commoner answer, and the accuracy on string closings; each case study's circuit (empty
+when the model does not solve the task); and the row's wall time."""
 TABLE_FILE = "candidates.csv"
 
 
@@ -79,7 +81,9 @@ def candidate_row(checkpoint: Path, natural: dict[str, list[tasks.Datapoint]], s
         "train_minutes": round(training_seconds(metrics_path) / 60, 1) if metrics_path.is_file() else "",
         "val_loss_real": round(validation_loss(model, "real"), 4),
     }
-    row |= {f"val_loss_{mix}": round(validation_loss(model, "synthetic", mix=mix), 4) for mix in MIXES}
+    for mix in ("templates", "python"):
+        row[f"val_loss_{mix}"] = round(validation_loss(model, "synthetic", mix=mix), 4)
+    row["val_loss_own_mix"] = round(validation_loss(model, row["synthetic_fraction"], mix=row["synthetic_mix"]), 4)
     solved = [name for name in tasks.PAPER_TASKS if task_scores(model, name, TASK_PAIRS)["loss"] <= PRUNE.target_loss]
     scores = {name: scores_on_points(model, points) for name, points in natural.items()}
     row |= {

@@ -28,11 +28,15 @@ from circuitlab.tasks import Datapoint, make_batch, task_accuracy, task_loss
 
 @torch.no_grad()
 def validation_loss(
-    model: SparseTransformer, source: str = "real", n_batches: int = 16, batch_size: int = 32, mix: str = "templates"
+    model: SparseTransformer,
+    source: str | float = "real",
+    n_batches: int = 16,
+    batch_size: int = 32,
+    mix: str = "templates",
 ) -> float:
-    """Mean next-token loss on held-out windows of real code ("real") or of the synthetic `mix`'s snippets
-    ("synthetic")."""
-    fraction = {"real": 0.0, "synthetic": 1.0}[source]
+    """Mean next-token loss on held-out windows of real code ("real"), of the synthetic `mix`'s snippets
+    ("synthetic"), or of both with `source` the share of synthetic rows (a run's `synthetic_fraction`: its mix)."""
+    fraction = {"real": 0.0, "synthetic": 1.0}[source] if isinstance(source, str) else source
     sampler = TokenSampler(load_token_streams(), "val", model.cfg.n_ctx, fraction, seed=2024, mix=mix)
     return sum(model(sampler.batch(i, batch_size), return_type="loss").item() for i in range(n_batches)) / n_batches
 
