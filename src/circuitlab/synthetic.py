@@ -100,7 +100,7 @@ PYTHON_CASE_STUDIES = Mix(
 )
 """The python mix with the paper's three case studies (both forms of the variable-type task) three times as
 often as its other tasks: on the python mix the sparse model fell from 99 % to 90 % on bracket_counting, which
-the templates mix showed about eight times as often."""
+the templates mix showed in 8.4 % of its rows and the python mix in 0.9 %."""
 MIXES = {mix.name: mix for mix in (TEMPLATES, PYTHON, PYTHON_CASE_STUDIES)}
 
 
