@@ -23,7 +23,7 @@ from circuitlab import controls, tasks
 from circuitlab.checkpoint import write_text_atomic
 from circuitlab.circuit import Circuit
 from circuitlab.model import SparseTransformer
-from circuitlab.prune import PruneConfig, PrunePairs
+from circuitlab.prune import PrunePairs
 
 TARGET_LOSSES = (0.3, 0.15, 0.08, 0.04)
 
@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps({"table": "controls", "seconds": round(time.perf_counter() - start, 1)}), flush=True)
     if not (out / "edges_vs_loss.csv").exists():
         start = time.perf_counter()
-        pairs = PrunePairs.from_task(task, model.tokenizer, PruneConfig.of_circuit(circuit), n_ctx=model.cfg.n_ctx)
+        pairs = PrunePairs.of_circuit(circuit, model)
         table = controls.edges_vs_loss(model, circuit, pairs, TARGET_LOSSES)
         write_text_atomic(out / "edges_vs_loss.csv", table.to_csv(index=False))
         print(json.dumps({"table": "edges_vs_loss", "seconds": round(time.perf_counter() - start, 1)}), flush=True)

@@ -18,11 +18,10 @@ from pathlib import Path
 
 import torch
 
-from circuitlab import tasks
 from circuitlab.bridges import load_bridged_pair
 from circuitlab.checkpoint import CheckpointError, write_text_atomic
 from circuitlab.circuit import Circuit
-from circuitlab.prune import PruneConfig, PrunePairs
+from circuitlab.prune import PrunePairs
 from circuitlab.steering import channel_spread, load_steering, save_steering, steer_task
 
 SPREAD_FILE = "spread.csv"
@@ -42,16 +41,10 @@ def make_steering(pair_dir: Path, circuits_dir: Path, out: Path, overwrite: bool
             continue
         started = time.perf_counter()
         circuit = Circuit.load(folder, pair.sparse)
-        pairs = PrunePairs.from_task(
-            tasks.get(circuit.task_name),
-            pair.sparse.tokenizer,
-            PruneConfig.of_circuit(circuit),
-            n_ctx=pair.sparse.cfg.n_ctx,
-        )
+        pairs = PrunePairs.of_circuit(circuit, pair.sparse)
         effects, curve = steer_task(pair, circuit, pairs)
         save_steering(target, effects, curve)
-        with torch.no_grad():
-            spread = channel_spread(pair.sparse, pairs.test)
+        spread = channel_spread(pair.sparse, pairs.test)
         write_text_atomic(target / SPREAD_FILE, spread.round(4).to_csv())  # last: marks the folder complete
         print(json.dumps({"task": folder.name, "seconds": round(time.perf_counter() - started)}), flush=True)
         done.append(folder.name)

@@ -28,7 +28,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from circuitlab import settings
+from circuitlab import settings, tasks
 from circuitlab.circuit import Calibration, Circuit, Node, circuit_edges, edges_ablated, keep_or_ablate, node_shapes
 from circuitlab.corpus import TokenSampler, load_token_streams
 from circuitlab.discretize import greedy_cleanup, smallest_sufficient
@@ -115,6 +115,12 @@ class PrunePairs:
             select_rows(drawn, torch.arange(a, b)) for a, b in zip(bounds[:-1], bounds[1:], strict=True)
         )
         return cls(train, selection, test)
+
+    @classmethod
+    def of_circuit(cls, circuit: Circuit, model: SparseTransformer) -> PrunePairs:
+        """The pairs `circuit` was pruned with on `model`, drawn again from its task and config."""
+        task, cfg = tasks.get(circuit.task_name), PruneConfig.of_circuit(circuit)
+        return cls.from_task(task, model.tokenizer, cfg, model.cfg.n_ctx)
 
 
 def report_pairs(circuit: Circuit, task: Task, tokenizer, n_ctx: int | None = None) -> TaskBatch:

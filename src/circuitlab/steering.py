@@ -25,12 +25,11 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from circuitlab import tasks
-from circuitlab.bridges import BridgedPair
+from circuitlab.bridges import BridgedPair, residual_stream
 from circuitlab.checkpoint import write_text_atomic
 from circuitlab.circuit import Circuit, Node
 from circuitlab.model import SparseTransformer
-from circuitlab.prune import PruneConfig, PrunePairs
+from circuitlab.prune import PrunePairs
 from circuitlab.tasks import TaskBatch
 
 STRENGTHS = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
@@ -180,9 +179,7 @@ def steer_task(
     selection pairs (`node_effects`), then measure the best one's `steering_curve` on its test pairs, which chose
     nothing. `pairs` defaults to the pairs the circuit was pruned with."""
     if pairs is None:
-        task = tasks.get(circuit.task_name)
-        cfg = PruneConfig.of_circuit(circuit)
-        pairs = PrunePairs.from_task(task, pair.sparse.tokenizer, cfg, n_ctx=pair.sparse.cfg.n_ctx)
+        pairs = PrunePairs.of_circuit(circuit, pair.sparse)
     effects = node_effects(pair.sparse, circuit, pairs.selection)
     node = Node.parse(str(effects.index[0]))
     return effects, steering_curve(pair, node, circuit, pairs.test, **curve_options)
@@ -196,9 +193,9 @@ def channel_spread(model: SparseTransformer, batch: TaskBatch, top: Sequence[int
     quote-type classifier, gives a top-1 share near 1; then one channel can carry the whole edit."""
     source, contrast, _ = contrast_rows(batch)
     rows = {}
-    for site in model.residual_sites:
-        resid = model(source, stop_at=site)
-        change = model(contrast, stop_at=site) - resid
+    resids, contrast_resids = residual_stream(model, source)[0], residual_stream(model, contrast)[0]
+    for site, resid, contrast_resid in zip(model.residual_sites, resids, contrast_resids, strict=True):
+        change = contrast_resid - resid
         energy = change.pow(2).sum((0, 1)).sort(descending=True).values
         separation = change.pow(2).mean((0, 1)).sqrt() / resid.pow(2).mean((0, 1)).sqrt().clamp_min(1e-12)
         row = {f"top_{k}_share": (energy[:k].sum() / energy.sum().clamp_min(1e-12)).item() for k in top}
