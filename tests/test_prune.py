@@ -1,13 +1,14 @@
 """The pruner: its pieces on their own, and a real circuit found in the shipped sparse model."""
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
 
 from circuitlab import SparseTransformer, prune, tasks
 from circuitlab.circuit import Calibration, Circuit
-from circuitlab.discretize import geometric_grid, greedy_cleanup, smallest_sufficient
+from circuitlab.discretize import confirmed_removals, geometric_grid, greedy_cleanup, smallest_sufficient
 from circuitlab.paths import CHECKPOINTS_DIR
 from circuitlab.prune import (
     HeavisideSigmoidGrad,
@@ -71,6 +72,18 @@ def test_cleanup_removes_exactly_the_negligible_units():
     assert removed == [u for u in range(16) if u not in needed]
 
 
+def test_check_undoes_the_latest_removals_until_the_other_pairs_agree():
+    # The cleanup removed 0..9 in that order; on check pairs 7 and 9 cost 0.05 each (the selection pairs' noise
+    # hid them): the latest removals are undone, as few as reach the target, and the earlier ones stay.
+    def check_loss(gone):
+        return 0.05 + sum(0.05 if unit in (7, 9) else 0.001 for unit in gone)
+
+    assert confirmed_removals(list(range(10)), check_loss, target=0.1) == list(range(7))
+    assert confirmed_removals(list(range(10)), lambda gone: 0.01, target=0.1) == list(range(10))  # all hold
+    assert confirmed_removals(list(range(10)), lambda gone: 1.0, target=0.1) == []  # nothing holds: undo all
+    assert confirmed_removals([], check_loss, target=0.1) == []
+
+
 def test_calibration_recovers_a_scale_and_shift_and_agrees_with_its_logits():
     generator = torch.Generator().manual_seed(0)
     n = 4000
@@ -105,12 +118,17 @@ def test_config_refuses_bad_values_with_the_field_name():
 
 
 def test_prune_pairs_are_disjoint_held_out_prompts(tiny_model):
-    cfg = PruneConfig(steps=3, pairs_per_step=4, selection_pairs=10, test_pairs=12)
+    cfg = PruneConfig(steps=3, pairs_per_step=4, selection_pairs=10, test_pairs=12, check_pairs=6)
     pairs = PrunePairs.from_task(tasks.get("bracket_counting"), tiny_model.tokenizer, cfg)
-    sets = [{p.prompt for p in batch.datapoints} for batch in (pairs.train, pairs.selection, pairs.test)]
-    assert [len(s) for s in sets] == [24, 20, 24]
-    assert not (sets[0] & sets[1] or sets[0] & sets[2] or sets[1] & sets[2])
+    batches = (pairs.train, pairs.selection, pairs.test, pairs.check)
+    sets = [{p.prompt for p in batch.datapoints} for batch in batches]
+    assert [len(s) for s in sets] == [24, 20, 24, 12]
+    assert all(not (a & b) for i, a in enumerate(sets) for b in sets[i + 1 :])
     assert all(tasks.prompt_split(p) == "test" for s in sets for p in s)  # never in the training corpus
+    # Check pairs come last: without them a run trains, chooses and reports on the same pairs.
+    unchecked = PrunePairs.from_task(tasks.get("bracket_counting"), tiny_model.tokenizer, replace(cfg, check_pairs=0))
+    assert unchecked.check is None
+    assert torch.equal(unchecked.test.tokens, pairs.test.tokens)
 
 
 def test_prune_leaves_the_model_as_found_and_refuses_foreign_tokens(tiny_model):

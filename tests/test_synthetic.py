@@ -8,8 +8,10 @@ import random
 import pytest
 
 from circuitlab import build, synthetic, tasks
-from circuitlab.synthetic import MIXES, PYTHON, TEMPLATES
+from circuitlab.paths import REPO_ROOT
+from circuitlab.synthetic import MIXES, PYTHON, PYTHON_FOCUS, TEMPLATES
 from circuitlab.tokenizer import DEFAULT_TOKENIZER_PATH
+from circuitlab.train import load_config
 
 
 def test_same_seed_same_output_and_different_seeds_differ():
@@ -75,6 +77,24 @@ def test_the_python_mix_holds_the_paper_tasks_inside_code_and_far_fewer_literal_
     assert synthetic.get_mix("python") is PYTHON
     with pytest.raises(ValueError, match=r"unknown synthetic mix 'html'; choose one of \['python', 'python_case_"):
         synthetic.get_mix("html")
+
+
+@pytest.mark.parametrize("name", ["sparse_python", "dense_python", "sparse_python_focus", "dense_python_focus"])
+def test_the_python_configs_keep_literal_task_rows_at_most_30_percent(name):
+    _, train_cfg = load_config(REPO_ROOT / "configs" / f"{name}.yaml")
+    assert train_cfg.synthetic_fraction * synthetic.get_mix(train_cfg.synthetic_mix).task_fraction <= 0.30
+
+
+def test_the_focus_mix_shows_the_case_studies_far_more_often_in_code():
+    rng = random.Random(2)
+    counts = [sum(literal for _, literal in synthetic.snippet_pieces(rng, PYTHON_FOCUS)) for _ in range(400)]
+    assert set(counts) == {0, 2, 3, 4}  # task-free snippets, or 2-4 instances of one task
+
+    def share(mix, name):
+        return mix.task_weights[name] / sum(mix.task_weights.values())
+
+    assert all(share(PYTHON_FOCUS, name) > 3 * share(PYTHON, name) for name in synthetic.CASE_STUDY_TASKS)
+    assert synthetic.literal_share(PYTHON_FOCUS, 500) > 2 * synthetic.literal_share(PYTHON, 500)
 
 
 def test_token_streams_are_rebuilt_when_a_stream_is_missing_or_the_tokenizer_changed(tmp_path, monkeypatch):

@@ -33,6 +33,8 @@ SYNTHETIC_SEEDS = {
     ("python", "val"): 4,
     ("python_case_studies", "train"): 5,
     ("python_case_studies", "val"): 6,
+    ("python_focus", "train"): 7,
+    ("python_focus", "val"): 8,
 }
 
 

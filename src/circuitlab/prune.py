@@ -11,11 +11,14 @@ The paper's method (its Appendix A.5), in four stages:
    smallest k whose top-k nodes reach the target loss (`discretize.smallest_sufficient`).
 3. **Calibration.** A logit scale and shift fitted with 16 LBFGS steps, part of the circuit from then on
    (discretised circuits are badly calibrated).
-4. **Cleanup.** Each remaining node is dropped if the circuit still reaches the target without it.
+4. **Cleanup.** Each remaining node (then each edge) is dropped if the circuit still reaches the target without
+   it. A few hundred such choices on one pair set fit that set's noise, so the removals are then checked on
+   *check* pairs, and the latest are undone until the circuit reaches the target there too.
 
-Three disjoint sets of pairs keep the numbers honest: mask training sees *train* pairs, stages 2–4 choose on
-*selection* pairs, and every loss a circuit reports is measured on *test* pairs that chose nothing. The model's
-weights stay frozen and AbsTopK still applies; masks act at the node hook points.
+Four disjoint sets of pairs keep the numbers honest: mask training sees *train* pairs, stages 2–4 choose on
+*selection* pairs, the cleanup is confirmed on *check* pairs, and every loss a circuit reports is measured on
+*test* pairs that chose nothing. The model's weights stay frozen and AbsTopK still applies; masks act at the
+node hook points.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, replace
+from functools import partial
 
 import torch
 from torch import Tensor, nn
@@ -31,7 +35,7 @@ from tqdm.auto import tqdm
 from circuitlab import settings, tasks
 from circuitlab.circuit import Calibration, Circuit, Node, circuit_edges, edges_ablated, keep_or_ablate, node_shapes
 from circuitlab.corpus import TokenSampler, load_token_streams
-from circuitlab.discretize import greedy_cleanup, smallest_sufficient
+from circuitlab.discretize import confirmed_removals, greedy_cleanup, smallest_sufficient
 from circuitlab.model import SparseTransformer
 from circuitlab.tasks import Task, TaskBatch, task_loss
 
@@ -50,6 +54,7 @@ class PruneConfig:
     pairs_per_step: int = 16  # contrast pairs per batch (two prompts each), fresh at every step
     selection_pairs: int = 400  # pairs that choose k, fit the calibration and decide the cleanup
     test_pairs: int = 400  # pairs that only report: every loss a circuit states is measured on them
+    check_pairs: int = 400  # pairs that confirm the cleanup's removals (0: no check); drawn after the others
     lr: float = 1e-2
     weight_decay: float = 1e-3
     beta2: float = 0.95
@@ -77,7 +82,7 @@ class PruneConfig:
                 "ablation": settings.one_of(ABLATIONS),
                 **dict.fromkeys(("steps", "pairs_per_step", "selection_pairs", "test_pairs"), count),
                 **dict.fromkeys(("target_loss", "lr", "grad_clip", "heaviside_temp"), settings.above(0)),
-                **dict.fromkeys(("weight_decay", "penalty", "init_std"), settings.at_least(0)),
+                **dict.fromkeys(("weight_decay", "penalty", "init_std", "check_pairs"), settings.at_least(0)),
                 **dict.fromkeys(("beta2", "penalty_warmup_frac"), fraction),
                 "selection_margin": settings.between(0, 1),
                 "scan_ratio": settings.above(1),
@@ -97,24 +102,27 @@ class PruneConfig:
 
 @dataclass
 class PrunePairs:
-    """The three disjoint pair sets of one pruning run (each a `TaskBatch`, a pair's two prompts adjacent)."""
+    """The disjoint pair sets of one pruning run (each a `TaskBatch`, a pair's two prompts adjacent)."""
 
     train: TaskBatch  # mask training: `pairs_per_step` fresh pairs a step, cycled only when exhausted
     selection: TaskBatch  # choose k, calibrate, clean up
     test: TaskBatch  # report
+    check: TaskBatch | None = None  # confirm the cleanup's removals (None: they are not checked)
 
     @classmethod
     def from_task(cls, task: Task, tokenizer, cfg: PruneConfig, n_ctx: int | None = None) -> PrunePairs:
-        """All three from one draw of the task's *test* split (prompts the training corpus never holds, so the
-        model has not memorised them), so no pair is in two sets."""
-        n_train = cfg.steps * cfg.pairs_per_step
-        n_pairs = n_train + cfg.selection_pairs + cfg.test_pairs
-        drawn = task.batch(tokenizer, "test", n_pairs, seed=cfg.seed, n_ctx=n_ctx)
-        bounds = [0, 2 * n_train, 2 * (n_train + cfg.selection_pairs), 2 * n_pairs]
-        train, selection, test = (
-            select_rows(drawn, torch.arange(a, b)) for a, b in zip(bounds[:-1], bounds[1:], strict=True)
+        """All four from one draw of the task's *test* split (prompts the training corpus never holds, so the
+        model has not memorised them), so no pair is in two sets. The check pairs come last, so a run with
+        more or fewer of them trains, chooses and reports on the same pairs."""
+        sizes = [cfg.steps * cfg.pairs_per_step, cfg.selection_pairs, cfg.test_pairs, cfg.check_pairs]
+        drawn = task.batch(tokenizer, "test", sum(sizes), seed=cfg.seed, n_ctx=n_ctx)
+        bounds = [2 * sum(sizes[:i]) for i in range(len(sizes) + 1)]
+        train, selection, test, check = (
+            select_rows(drawn, torch.arange(a, b)) if b > a else None
+            for a, b in zip(bounds[:-1], bounds[1:], strict=True)
         )
-        return cls(train, selection, test)
+        assert train is not None and selection is not None and test is not None  # PruneConfig: each at least 1
+        return cls(train, selection, test, check)
 
     @classmethod
     def of_circuit(cls, circuit: Circuit, model: SparseTransformer) -> PrunePairs:
@@ -399,8 +407,9 @@ def prune_targets(
         if task is None:
             raise ValueError("prune needs a task or ready pairs= (a PrunePairs of train, selection and test batches)")
         pairs = PrunePairs.from_task(task, model.tokenizer, cfg, n_ctx=model.cfg.n_ctx)
-    for split in ("train", "selection", "test"):
-        check_token_range(getattr(pairs, split).tokens, model.cfg.d_vocab, f"{split} pairs")
+    for split in ("train", "selection", "test", "check"):
+        if (batch := getattr(pairs, split)) is not None:
+            check_token_range(batch.tokens, model.cfg.d_vocab, f"{split} pairs")
     task_name = task.name if task is not None else "custom"
     with frozen(model):
         if cfg.ablation == "mean" and pretraining_tokens is None:
@@ -409,6 +418,7 @@ def prune_targets(
         masks = NodeMasks(model, means, cfg)
         selection = MaskedEvaluator(model, masks, pairs.selection)
         test = MaskedEvaluator(model, masks, pairs.test)
+        check = MaskedEvaluator(model, masks, pairs.check) if pairs.check is not None else None
         full_model_loss = test.loss(None)
         ablated_model_loss = test.loss(masks.node_masks(torch.tensor([], dtype=torch.long)))
         history: list[dict] = []
@@ -420,11 +430,11 @@ def prune_targets(
             target_cfg = replace(cfg, target_loss=target)
             units, found, removed_edges = list(range(masks.n_units)), dict[str, int](), list[tuple[Node, Node]]()
             if full_model_loss <= target or not cfg.skip_unsolved:
-                units, found = search_units(masks, selection, target_cfg)
+                units, found = search_units(masks, selection, target_cfg, check)
                 if cfg.edge_cleanup and len(units) < masks.n_units:
                     kept = masks.node_masks(torch.tensor(units, dtype=torch.long))
-                    removed_edges = cleanup_edges(model, kept, means, selection, target_cfg)
-                    found["removed_edges"] = len(removed_edges)
+                    removed_edges, edges_found = cleanup_edges(model, kept, means, selection, target_cfg, check)
+                    found |= edges_found
             node_masks = masks.node_masks(torch.tensor(units, dtype=torch.long))
             bool_masks = {name: mask.bool() for name, mask in node_masks.items()}
             with edges_ablated(model, removed_edges, means):
@@ -453,10 +463,12 @@ def prune_targets(
     return circuits
 
 
-def search_units(masks: NodeMasks, selection: MaskedEvaluator, cfg: PruneConfig) -> tuple[list[int], dict]:
+def search_units(
+    masks: NodeMasks, selection: MaskedEvaluator, cfg: PruneConfig, check: MaskedEvaluator | None = None
+) -> tuple[list[int], dict]:
     """Stages 2 and 4 for nodes: the smallest top-k of the ranking that reaches the search target on the
-    selection pairs (calibrated), then greedy removal of units it can do without. Returns the units kept
-    (most needed first) and what each stage found."""
+    selection pairs (calibrated), then greedy removal of units it can do without, confirmed on the `check`
+    pairs (`discretize.confirmed_removals`). Returns the units kept (most needed first) and what each stage found."""
     ranking = masks.ranking()
     k = smallest_sufficient(
         lambda k: selection.fit(masks.node_masks(ranking[:k]))[0], cfg.search_target, masks.n_units, cfg.scan_ratio
@@ -465,12 +477,17 @@ def search_units(masks: NodeMasks, selection: MaskedEvaluator, cfg: PruneConfig)
     found = {"units": k, "nodes": int(sum(m.sum() for m in masks.node_masks(ranking[:k]).values()))}
     if cfg.cleanup and k < masks.n_units:
 
-        def loss_without(gone: frozenset[int]) -> float:
-            left = torch.tensor([u for u in units if u not in gone], dtype=torch.long)
-            return selection.fit(masks.node_masks(left))[0]
+        def loss_without(gone: frozenset[int], on: MaskedEvaluator = selection) -> float:
+            node_masks = masks.node_masks(torch.tensor([u for u in units if u not in gone], dtype=torch.long))
+            selection_loss, calibration = selection.fit(node_masks)
+            return selection_loss if on is selection else on.loss(node_masks, calibration)
 
-        kept, removed = greedy_cleanup(units[::-1], loss_without, cfg.search_target, cfg.cleanup_trials)  # least first
-        units = kept[::-1]
+        _, removed = greedy_cleanup(units[::-1], loss_without, cfg.search_target, cfg.cleanup_trials)  # least first
+        if check is not None:
+            confirmed = confirmed_removals(removed, partial(loss_without, on=check), cfg.search_target, cfg.scan_ratio)
+            found["nodes_restored_by_check"] = len(removed) - len(confirmed)
+            removed = confirmed
+        units = [u for u in units if u not in set(removed)]
         found["removed_by_cleanup"] = len(removed)
     return units, found
 
@@ -481,19 +498,28 @@ def cleanup_edges(
     means: dict[str, Tensor],
     selection: MaskedEvaluator,
     cfg: PruneConfig,
-) -> list[tuple[Node, Node]]:
+    check: MaskedEvaluator | None = None,
+) -> tuple[list[tuple[Node, Node]], dict]:
     """Edge-level pruning inside the circuit, the method the paper names but did not build: ablate single
-    weights between kept nodes (smallest magnitude first) while the circuit still reaches the search target.
-    Returns the removed edges as (source, target) nodes."""
+    weights between kept nodes (smallest magnitude first) while the circuit still reaches the search target,
+    then confirm the removals on the `check` pairs. Returns the removed edges as (source, target) nodes, and
+    what the cleanup found."""
     edges = sorted(circuit_edges(model, {n: m.bool() for n, m in node_masks.items()}), key=lambda e: abs(e.weight))
     links = [(edge.source, edge.target) for edge in edges]
 
-    def loss_without(gone: frozenset[int]) -> float:
+    def loss_without(gone: frozenset[int], on: MaskedEvaluator = selection) -> float:
         with edges_ablated(model, [links[i] for i in sorted(gone)], means):
-            return selection.fit(node_masks)[0]
+            selection_loss, calibration = selection.fit(node_masks)
+            return selection_loss if on is selection else on.loss(node_masks, calibration)
 
     _, removed = greedy_cleanup(list(range(len(links))), loss_without, cfg.search_target, cfg.cleanup_trials)
-    return [links[i] for i in removed]
+    found: dict[str, int] = {}
+    if check is not None:
+        confirmed = confirmed_removals(removed, partial(loss_without, on=check), cfg.search_target, cfg.scan_ratio)
+        found["edges_restored_by_check"] = len(removed) - len(confirmed)
+        removed = confirmed
+    found["removed_edges"] = len(removed)
+    return [links[i] for i in removed], found
 
 
 def learning_rate(step: int, cfg: PruneConfig) -> float:
