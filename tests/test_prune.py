@@ -9,7 +9,7 @@ import torch
 from circuitlab import SparseTransformer, prune, tasks
 from circuitlab.circuit import Calibration, Circuit
 from circuitlab.discretize import confirmed_removals, geometric_grid, greedy_cleanup, smallest_sufficient
-from circuitlab.paths import CHECKPOINTS_DIR
+from circuitlab.paths import CHECKPOINTS_DIR, CIRCUITS_DIR
 from circuitlab.prune import (
     HeavisideSigmoidGrad,
     NodeMasks,
@@ -129,6 +129,16 @@ def test_prune_pairs_are_disjoint_held_out_prompts(tiny_model):
     unchecked = PrunePairs.from_task(tasks.get("bracket_counting"), tiny_model.tokenizer, replace(cfg, check_pairs=0))
     assert unchecked.check is None
     assert torch.equal(unchecked.test.tokens, pairs.test.tokens)
+
+
+def test_a_circuit_saved_before_check_pairs_reads_as_unchecked():
+    circuit = Circuit.load(CIRCUITS_DIR / "sparse" / "single_double_quote")
+    circuit.config.pop("check_pairs", None)  # as saved before check pairs existed
+    cfg = PruneConfig.of_circuit(circuit)
+    assert cfg.check_pairs == 0  # re-running its method (the controls do) must not add a check it never had
+    assert cfg.test_pairs == circuit.config["test_pairs"]
+    circuit.config["check_pairs"] = 40
+    assert PruneConfig.of_circuit(circuit).check_pairs == 40
 
 
 def test_prune_leaves_the_model_as_found_and_refuses_foreign_tokens(tiny_model):

@@ -92,8 +92,10 @@ class PruneConfig:
 
     @classmethod
     def of_circuit(cls, circuit: Circuit) -> PruneConfig:
-        """The config of the pruning run that found `circuit` (checked like any other settings)."""
-        return settings.build(cls, circuit.config, source=f"the {circuit.task_name} circuit's config")
+        """The config of the pruning run that found `circuit` (checked like any other settings). Circuits saved
+        before check pairs existed were not checked: their config reads as `check_pairs=0`."""
+        config = {"check_pairs": 0, **circuit.config}
+        return settings.build(cls, config, source=f"the {circuit.task_name} circuit's config")
 
     @property
     def search_target(self) -> float:
