@@ -29,6 +29,7 @@ def test_a_row_has_every_column_and_an_unsolved_case_study_is_not_pruned(tiny_ru
     assert 0 <= row["paper_tasks_solved"] <= 2  # an untrained model solves at most the trivial ones
     assert 0 <= row["natural_accuracy"] <= 1 and not math.isnan(row["natural_single_double_quote"])
     assert row["natural_beats_guess"] in (0, 1, 2)
+    assert abs(row["copying_gain"]) < 0.5  # ten steps learn no copying
     for name in CASE_STUDIES:  # no task reaches the target, so none is pruned
         assert (row[f"{name}_nodes"], row[f"{name}_edges"], row[f"{name}_loss"]) == ("", "", "")
 

@@ -1,13 +1,15 @@
 """The evaluation command: any number of pairs, natural instances against templated pairs, and clear errors for bad
-options and folders; the weight report."""
+options and folders; the weight report; the copying measure."""
 
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
 
 from circuitlab import tasks
 from circuitlab.evaluate import (
+    copying_gain,
     main,
     natural_against_templated,
     natural_scores,
@@ -92,3 +94,32 @@ def test_weight_report_counts_what_the_projection_kept(tiny_model):
     with torch.no_grad():
         tiny_model.blocks[0].attn.W_Q.zero_()
     assert weight_report(tiny_model).set_index("matrix").loc["blocks.0.attn.W_Q", "kept"] == 0
+
+
+class _Copier:
+    """An ideal induction head: predicts the token that followed the latest earlier occurrence of the current one
+    (uniform when the token has not occurred), with logit gap `sharpness`."""
+
+    def __init__(self, sharpness: float, n_ctx: int = 128, d_vocab: int = 1024):
+        self.cfg = SimpleNamespace(n_ctx=n_ctx, d_vocab=d_vocab)
+        self.sharpness = sharpness
+
+    def __call__(self, tokens: torch.Tensor) -> torch.Tensor:
+        logits = torch.zeros(*tokens.shape, self.cfg.d_vocab)
+        for row, sequence in enumerate(tokens.tolist()):
+            for position, token in enumerate(sequence):
+                earlier = [i for i in range(position) if sequence[i] == token]
+                if earlier:
+                    logits[row, position, sequence[earlier[-1] + 1]] = self.sharpness
+        return logits
+
+
+def test_copying_gain_is_large_for_a_copier_and_zero_without_one():
+    # Uniform everywhere except where copying applies: the repeated window is predicted, the unrepeated is not.
+    assert copying_gain(_Copier(sharpness=20.0), length=20, n_windows=8) > 3.0  # of ln(1024) = 6.9
+    assert copying_gain(_Copier(sharpness=0.0), length=20, n_windows=8) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_copying_gain_refuses_a_window_over_half_the_context():
+    with pytest.raises(ValueError, match="length=65"):
+        copying_gain(_Copier(sharpness=1.0), length=65)

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from circuitlab import tables, tasks
-from circuitlab.evaluate import nonzero_weights, scores_on_points, task_scores, validation_loss
+from circuitlab.evaluate import copying_gain, nonzero_weights, scores_on_points, task_scores, validation_loss
 from circuitlab.model import SparseTransformer
 from circuitlab.prune import PRETRAINING_ROWS, PruneConfig, sample_pretraining_tokens
 from circuitlab.sweep import circuit_row, training_seconds
@@ -51,6 +51,7 @@ COLUMNS = (
     "natural_accuracy",
     "natural_beats_guess",
     "natural_single_double_quote",
+    "copying_gain",
     *(f"{task}_{column}" for task in CASE_STUDIES for column in ("nodes", "edges", "loss")),
     "seconds",
 )
@@ -59,8 +60,10 @@ token on held-out real code, on the templates and the python mixes' held-out sni
 mix (real and synthetic rows in its proportions, as the trainer's val_loss: models are matched on this); the
 paper's twenty tasks solved on templated test pairs; on natural instances harvested from held-out code, the
 mean accuracy over the harvested tasks, the number of tasks with at least `NATURAL_MIN` instances where the model
-beats always guessing the commoner answer, and the accuracy on string closings; each case study's circuit (empty
-when the model does not solve the task); and the row's wall time."""
+beats always guessing the commoner answer, and the accuracy on string closings; how much better it predicts a
+window of real code it has just read (`evaluate.copying_gain`, nats per token: the in-context lookup that
+`set_or_string`, `class_init` and `var_swap` need); each case study's circuit (empty when the model does not solve
+the task); and the row's wall time."""
 TABLE_FILE = "candidates.csv"
 
 
@@ -93,6 +96,7 @@ def candidate_row(checkpoint: Path, natural: dict[str, list[tasks.Datapoint]], s
         "natural_accuracy": round(sum(s["accuracy"] for s in scores.values()) / len(scores), 4),
         "natural_beats_guess": sum(s["n"] >= NATURAL_MIN and s["accuracy"] > s["commoner"] for s in scores.values()),
         "natural_single_double_quote": round(scores["single_double_quote"]["accuracy"], 4),
+        "copying_gain": round(copying_gain(model), 3),
     }
     pretraining = sample_pretraining_tokens(model, PRETRAINING_ROWS, seed)
     for name in CASE_STUDIES:

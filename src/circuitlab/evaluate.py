@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 import torch
+import torch.nn.functional as F
 
 from circuitlab import settings, tasks
 from circuitlab.checkpoint import CheckpointError
@@ -39,6 +40,27 @@ def validation_loss(
     fraction = {"real": 0.0, "synthetic": 1.0}[source] if isinstance(source, str) else source
     sampler = TokenSampler(load_token_streams(), "val", model.cfg.n_ctx, fraction, seed=2024, mix=mix)
     return sum(model(sampler.batch(i, batch_size), return_type="loss").item() for i in range(n_batches)) / n_batches
+
+
+@torch.no_grad()
+def copying_gain(model: SparseTransformer, length: int | None = None, n_windows: int = 64) -> float:
+    """In-context copying, which every name lookup needs (an induction head): held-out windows of real code,
+    `length` tokens each (default: half the context), read once after a copy of themselves and once after another
+    window; the mean next-token loss on them the second way minus the first (nats per token). A model that copies
+    predicts a repeated window far better; one that does not gains nothing."""
+    length = model.cfg.n_ctx // 2 if length is None else length
+    if not 2 <= length <= model.cfg.n_ctx // 2:
+        raise ValueError(f"length={length} must be between 2 and half the context ({model.cfg.n_ctx // 2})")
+    sampler = TokenSampler(load_token_streams(), "val", model.cfg.n_ctx, 0.0, seed=2025)
+    windows = sampler.batch(0, n_windows)[:, :length]
+    repeated = torch.cat([windows, windows], dim=1)
+    unrepeated = torch.cat([windows.roll(1, dims=0), windows], dim=1)
+
+    def second_window_loss(tokens: torch.Tensor) -> float:
+        logits = model(tokens)[:, length - 1 : -1]
+        return F.cross_entropy(logits.transpose(1, 2), tokens[:, length:]).item()
+
+    return second_window_loss(unrepeated) - second_window_loss(repeated)
 
 
 @torch.no_grad()
