@@ -19,7 +19,16 @@ from circuitlab.checkpoint import find_training_state
 from circuitlab.corpus import TokenSampler
 from circuitlab.settings import SettingsError
 from circuitlab.synthetic import MIXES
-from circuitlab.train import RUN_MARKER, TrainConfig, load_config, main, schedule_table, train, write_metrics
+from circuitlab.train import (
+    RUN_MARKER,
+    TrainConfig,
+    check_same_trajectory,
+    load_config,
+    main,
+    schedule_table,
+    train,
+    write_metrics,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs" / "tiny.yaml"
@@ -240,6 +249,28 @@ def test_the_sampler_draws_synthetic_rows_from_its_mix_and_refuses_an_unknown_on
         assert set(rows.unique().tolist()) == {0, value}  # real code and this mix's stream, nothing else
     with pytest.raises(ValueError, match=r"no synthetic mix 'html'; the streams hold \['python/train'"):
         TokenSampler(streams, "train", 16, synthetic_fraction=0.5, seed=0, mix="html")
+
+
+def test_repeated_rows_copy_their_first_half_and_leave_the_other_rows_alone():
+    streams = {f"{source}/train": np.arange(5000, dtype=np.uint16) % 997 for source in STREAM_SOURCES}
+    plain = TokenSampler(streams, "train", 16, synthetic_fraction=0.5, seed=3, mix="python").batch(7, 64)
+    mixed = TokenSampler(streams, "train", 16, 0.5, seed=3, mix="python", repeat_fraction=0.5).batch(7, 64)
+    repeated = (mixed[:, 8:] == mixed[:, :8]).all(dim=1)
+    assert 16 < repeated.sum() < 48  # about half the rows
+    assert torch.equal(mixed[~repeated], plain[~repeated])  # the same windows, untouched
+    assert torch.equal(mixed[:, :8], plain[:, :8])  # a repeated row starts with the window it would have had
+    with pytest.raises(ValueError, match="repeat_fraction must be in"):
+        TokenSampler(streams, "train", 16, 0.5, seed=0, mix="python", repeat_fraction=1.5)
+
+
+def test_a_run_saved_before_a_setting_existed_resumes_with_its_default(tmp_path):
+    saved = json.loads(json.dumps(dataclasses.asdict(TrainConfig())))
+    del saved["repeat_fraction"]  # as written before the setting existed
+    path = tmp_path / "train_config.json"
+    path.write_text(json.dumps(saved))
+    check_same_trajectory(path, TrainConfig())  # the run had the default
+    with pytest.raises(ValueError, match=r"repeat_fraction: 0.0 -> 0.2"):
+        check_same_trajectory(path, TrainConfig(repeat_fraction=0.2))
 
 
 def test_the_command_line_reports_errors_without_a_traceback_and_leaves_no_files(tmp_path):

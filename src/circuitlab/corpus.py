@@ -25,7 +25,9 @@ def load_token_streams(tokenizer_path: str | Path | None = None) -> dict[str, np
 
 class TokenSampler:
     """Random context windows from the token streams: a `synthetic_fraction` of the rows from the stream of the
-    synthetic `mix` (`circuitlab.synthetic.MIXES`), the rest from real code. `batch(step, n)` depends only on
+    synthetic `mix` (`circuitlab.synthetic.MIXES`), the rest from real code. In a `repeat_fraction` of the rows
+    the second half repeats the first, so that predicting it pays only by copying from the context (what an
+    induction head does); the other rows are as they would be without it. `batch(step, n)` depends only on
     (seed, step), so training resumes exactly and every distributed rank sees the same global batch."""
 
     def __init__(
@@ -36,11 +38,14 @@ class TokenSampler:
         synthetic_fraction: float,
         seed: int,
         mix: str = "templates",
+        repeat_fraction: float = 0.0,
     ):
         if split not in ("train", "val"):
             raise ValueError(f"split must be 'train' or 'val', got {split!r}")
         if not 0 <= synthetic_fraction <= 1:
             raise ValueError(f"synthetic_fraction must be in [0, 1], got {synthetic_fraction}")
+        if not 0 <= repeat_fraction <= 1:
+            raise ValueError(f"repeat_fraction must be in [0, 1], got {repeat_fraction}")
         if f"{mix}/{split}" not in streams:
             raise ValueError(f"no synthetic mix {mix!r}; the streams hold {sorted(streams)}")
         self.real, self.synthetic = streams[f"real/{split}"], streams[f"{mix}/{split}"]
@@ -48,6 +53,7 @@ class TokenSampler:
             if len(stream) <= n_ctx:
                 raise ValueError(f"n_ctx={n_ctx} is longer than the {name} stream ({len(stream)} tokens)")
         self.n_ctx, self.synthetic_fraction, self.seed = n_ctx, synthetic_fraction, seed
+        self.repeat_fraction = repeat_fraction
 
     def batch(self, step: int, batch_size: int) -> torch.Tensor:
         rng = np.random.default_rng([self.seed, step])
@@ -58,4 +64,8 @@ class TokenSampler:
             chosen = np.flatnonzero(from_synthetic == use_synthetic)
             starts = rng.integers(0, len(stream) - self.n_ctx, size=len(chosen))
             rows[chosen] = stream[starts[:, None] + offsets]
+        if self.repeat_fraction:  # drawn last, so the rows themselves do not depend on it
+            half = self.n_ctx // 2
+            repeated = np.flatnonzero(rng.random(batch_size) < self.repeat_fraction)
+            rows[repeated[:, None], self.n_ctx - half + np.arange(half)] = rows[repeated, :half]
         return torch.from_numpy(rows)

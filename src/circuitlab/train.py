@@ -74,6 +74,7 @@ TRAJECTORY_FIELDS = (
     "l0_end_frac",
     "synthetic_fraction",
     "synthetic_mix",
+    "repeat_fraction",
     "seed",
     "init_from",
 )
@@ -115,6 +116,7 @@ class TrainConfig:
     l0_end_frac: float = 0.5  # ...then falls linearly to the model's weight_l0 / embed_l0 by this one
     synthetic_fraction: float = 0.5  # share of batch rows drawn from synthetic task-rich snippets
     synthetic_mix: str = "templates"  # which synthetic stream (circuitlab.synthetic.MIXES): templates or python
+    repeat_fraction: float = 0.0  # share of training rows whose second half repeats the first (corpus.TokenSampler)
     eval_every: int = 100  # steps between validation-loss and dead-neuron evaluations
     eval_batches: int = 4  # validation batches (of batch_size rows) per evaluation
     log_every: int = 10
@@ -151,7 +153,9 @@ class TrainConfig:
                 "lr": settings.above(0),
                 "eps": settings.above(0),
                 "weight_decay": settings.at_least(0),
-                **dict.fromkeys(("warmup_frac", "l0_start_frac", "l0_end_frac", "synthetic_fraction"), fraction),
+                **dict.fromkeys(
+                    ("warmup_frac", "l0_start_frac", "l0_end_frac", "synthetic_fraction", "repeat_fraction"), fraction
+                ),
                 "device": settings.one_of(("cpu", "cuda")),
                 "synthetic_mix": settings.one_of(tuple(MIXES)),
             },
@@ -216,11 +220,10 @@ def prepare_out_dir(out_dir: Path, cfg: TrainConfig) -> None:
 
 def check_same_trajectory(saved_path: Path, cfg: TrainConfig) -> None:
     """A resumed run must use the settings its checkpoint was trained with, or it would silently diverge."""
-    saved = settings.read_mapping(saved_path)
     now = json.loads(json.dumps(dataclasses.asdict(cfg)))  # tuples become lists, like the saved file
-    changed = [
-        f"{name}: {saved.get(name)!r} -> {now[name]!r}" for name in TRAJECTORY_FIELDS if saved.get(name) != now[name]
-    ]
+    defaults = json.loads(json.dumps(dataclasses.asdict(TrainConfig())))
+    saved = defaults | settings.read_mapping(saved_path)  # a setting newer than the run: the run had its default
+    changed = [f"{name}: {saved[name]!r} -> {now[name]!r}" for name in TRAJECTORY_FIELDS if saved[name] != now[name]]
     if changed:
         raise ValueError(
             f"Cannot resume {saved_path.parent}: these settings differ from the run's ({'; '.join(changed)}). "
@@ -442,7 +445,9 @@ def train(
     optimizer = torch.optim.Adam(parameter_groups(model, objective), lr=cfg.lr, betas=cfg.betas, eps=cfg.eps)
     streams = load_token_streams()
     mix = cfg.synthetic_mix
-    train_sampler = TokenSampler(streams, "train", model_cfg.n_ctx, cfg.synthetic_fraction, cfg.seed, mix)
+    train_sampler = TokenSampler(
+        streams, "train", model_cfg.n_ctx, cfg.synthetic_fraction, cfg.seed, mix, cfg.repeat_fraction
+    )
     val_sampler = TokenSampler(streams, "val", model_cfg.n_ctx, cfg.synthetic_fraction, VAL_SEED, mix)
     if is_main:  # only now, so that a config or model that fails leaves no files behind
         prepare_out_dir(out_dir, cfg)
