@@ -30,6 +30,7 @@ SMALL = PruneConfig(  # trials of about a second
     pairs_per_step=4,
     selection_pairs=16,
     test_pairs=16,
+    check_pairs=8,
     skip_unsolved=False,
     target_loss=0.57,
     selection_margin=0,
