@@ -67,5 +67,5 @@ class TokenSampler:
         if self.repeat_fraction:  # drawn last, so the rows themselves do not depend on it
             half = self.n_ctx // 2
             repeated = np.flatnonzero(rng.random(batch_size) < self.repeat_fraction)
-            rows[repeated[:, None], self.n_ctx - half + np.arange(half)] = rows[repeated, :half]
+            rows[repeated, self.n_ctx - half :] = rows[repeated, :half]
         return torch.from_numpy(rows)

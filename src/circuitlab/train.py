@@ -220,8 +220,8 @@ def prepare_out_dir(out_dir: Path, cfg: TrainConfig) -> None:
 
 def check_same_trajectory(saved_path: Path, cfg: TrainConfig) -> None:
     """A resumed run must use the settings its checkpoint was trained with, or it would silently diverge."""
-    now = json.loads(json.dumps(dataclasses.asdict(cfg)))  # tuples become lists, like the saved file
-    defaults = json.loads(json.dumps(dataclasses.asdict(TrainConfig())))
+    # tuples become lists, like the saved file
+    now, defaults = (json.loads(json.dumps(dataclasses.asdict(c))) for c in (cfg, TrainConfig()))
     saved = defaults | settings.read_mapping(saved_path)  # a setting newer than the run: the run had its default
     changed = [f"{name}: {saved[name]!r} -> {now[name]!r}" for name in TRAJECTORY_FIELDS if saved[name] != now[name]]
     if changed:
