@@ -25,6 +25,7 @@ def test_a_row_has_every_column_and_an_unsolved_case_study_is_not_pruned(tiny_ru
     row = candidate_row(tiny_run, natural)
     assert tuple(row) == COLUMNS
     assert row["synthetic_mix"] == "python" and row["tokens"] == 10 * 8 * 32 and row["shape"] == "2x32"
+    assert row["device"] == "cpu"
     assert row["val_loss_python"] > 3 and row["val_loss_real"] > 3  # ten steps of a toy model: far from trained
     assert 0 <= row["paper_tasks_solved"] <= 2  # an untrained model solves at most the trivial ones
     assert 0 <= row["natural_accuracy"] <= 1 and not math.isnan(row["natural_single_double_quote"])

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from circuitlab import tasks
+from circuitlab import evaluate, tasks
 from circuitlab.evaluate import (
     copying_gain,
     main,
@@ -77,6 +77,25 @@ def test_bad_options_are_refused_before_any_model_loads(option, message, capsys)
 def test_a_folder_that_is_not_a_checkpoint_is_named(tmp_path):
     with pytest.raises(SystemExit, match=rf"circuitlab.evaluate: error: {tmp_path}/config.json is missing"):
         main([str(tmp_path), "--pairs", "5e1"])
+
+
+def test_the_written_report_names_the_command_that_made_it(monkeypatch, tmp_path, capsys):
+    monkeypatch.setattr(evaluate, "report", lambda checkpoints, n_pairs: f"{len(checkpoints)} models, {n_pairs} pairs")
+    out = tmp_path / "tasks.md"
+    main(["runs/a", "runs/b", "--pairs", "200", "--out", str(out), "--title", "Candidates on the tasks"])
+    command = f"python -m circuitlab.evaluate runs/a runs/b --pairs 200 --out {out} --title 'Candidates on the tasks'"
+    assert out.read_text().splitlines()[:3] == [
+        "# Candidates on the tasks",
+        "",
+        f"Evaluated by `{command}`; the README says how each was trained.",
+    ]
+    assert "2 models, 200 pairs" in out.read_text() and "2 models, 200 pairs" in capsys.readouterr().out
+    main(["runs/a", "--out", str(out)])  # the defaults stay out of the command
+    assert out.read_text().splitlines()[:3] == [
+        "# The shipped models",
+        "",
+        f"Evaluated by `python -m circuitlab.evaluate runs/a --out {out}`; the README says how each was trained.",
+    ]
 
 
 def test_weight_report_counts_what_the_projection_kept(tiny_model):

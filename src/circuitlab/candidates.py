@@ -43,6 +43,7 @@ COLUMNS = (
     "synthetic_mix",
     "synthetic_fraction",
     "train_minutes",
+    "device",
     "val_loss_real",
     "val_loss_templates",
     "val_loss_python",
@@ -55,7 +56,8 @@ COLUMNS = (
     *(f"{task}_{column}" for task in CASE_STUDIES for column in ("nodes", "edges", "loss")),
     "seconds",
 )
-"""How the model was trained (`tokens` and `train_minutes` from its metrics.csv); validation loss in nats per
+"""How the model was trained (`tokens` and `train_minutes` from its metrics.csv, on `device`: minutes on a GPU
+are not minutes on the handbook's CPU); validation loss in nats per
 token on held-out real code, on the templates and the python mixes' held-out snippets, and on its own training
 mix (real and synthetic rows in its proportions, as the trainer's val_loss: models are matched on this); the
 paper's twenty tasks solved on templated test pairs; on natural instances harvested from held-out code, the
@@ -84,6 +86,7 @@ def candidate_row(checkpoint: Path, natural: dict[str, list[tasks.Datapoint]], s
         "synthetic_mix": train_cfg.get("synthetic_mix", "templates"),
         "synthetic_fraction": train_cfg["synthetic_fraction"],
         "train_minutes": round(training_seconds(metrics_path) / 60, 1) if metrics_path.is_file() else "",
+        "device": train_cfg.get("device", "cpu"),
         "val_loss_real": round(validation_loss(model, "real"), 4),
     }
     for mix in ("templates", "python"):

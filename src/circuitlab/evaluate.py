@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shlex
 import sys
 import time
 from collections import Counter
@@ -25,6 +26,9 @@ from circuitlab.corpus import TokenSampler, load_token_streams
 from circuitlab.model import SparseTransformer
 from circuitlab.settings import SettingsError
 from circuitlab.tasks import Datapoint, make_batch, task_accuracy, task_loss
+
+DEFAULT_PAIRS = 500  # held-out pairs per task in the evaluation command
+SHIPPED_TITLE = "The shipped models"  # the heading of data/checkpoints/README.md, which the command writes
 
 
 @torch.no_grad()
@@ -208,8 +212,9 @@ def report(checkpoints: list[Path], n_pairs: int) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Evaluate checkpoints on held-out code and every task.")
     parser.add_argument("checkpoints", nargs="+", type=Path)
-    parser.add_argument("--pairs", default="500", help="held-out pairs per task (at least 1)")
+    parser.add_argument("--pairs", default=str(DEFAULT_PAIRS), help="held-out pairs per task (at least 1)")
     parser.add_argument("--out", type=Path, help="write the markdown here instead of printing it")
+    parser.add_argument("--title", default=SHIPPED_TITLE, help="the markdown's heading (with --out)")
     parser.add_argument(
         "--natural",
         type=int,
@@ -234,8 +239,10 @@ def main(argv: list[str] | None = None) -> None:
     except (CheckpointError, SettingsError, FileNotFoundError) as err:
         sys.exit(f"circuitlab.evaluate: error: {err}")
     if args.out:
-        command = f"python -m circuitlab.evaluate {' '.join(map(str, args.checkpoints))} --out {args.out}"
-        header = f"# The shipped models\n\nEvaluated by `{command}`; the README says how each was trained.\n\n"
+        options = [f"--pairs {pairs}"] * (pairs != DEFAULT_PAIRS) + [f"--out {args.out}"]
+        options += [f"--title {shlex.quote(args.title)}"] * (args.title != SHIPPED_TITLE)
+        command = " ".join(["python -m circuitlab.evaluate", *map(str, args.checkpoints), *options])
+        header = f"# {args.title}\n\nEvaluated by `{command}`; the README says how each was trained.\n\n"
         args.out.write_text(header + text + "\n")
     print(text)
 
