@@ -1,6 +1,6 @@
 # circuitlab: the two commands of the README, and a few helpers.
 #   make handbook   run every notebook with papermill on the shipped models (executed copies in build/)
-#   make test       run the whole test suite, including every notebook with smoke=True
+#   make test       run the whole test suite, including every notebook with smoke=True (one worker per core)
 #   make test-fast  the tests not marked slow (skips the notebooks and the longest runs)
 #   make lint       ruff's lint rules and its formatter, as checks (nothing is rewritten)
 #   make typecheck  mypy over src/ (configured in pyproject.toml)
@@ -33,10 +33,10 @@ handbook: $(STAMP)
 	$(BIN)/python -m circuitlab.handbook --output-dir build/handbook
 
 test: $(STAMP)
-	$(BIN)/pytest
+	$(BIN)/pytest -n auto --durations=10
 
 test-fast: $(STAMP)
-	$(BIN)/pytest -m "not slow"
+	$(BIN)/pytest -n auto -m "not slow"
 
 LINTED := src tests benchmarks notebooks
 

@@ -1,5 +1,8 @@
 """Wall time of one default prune per task on the shipped sparse model, with the circuit it finds; one JSON line.
 
+Per task: the whole prune, the mask training's share, the search and cleanup's share, and how many passes over
+a whole pair set (selection or check, 800 prompts by default) the search and cleanup made.
+
 Usage: python benchmarks/prune_speed.py [--model data/checkpoints/sparse] [--tasks a b ...] [--threads 2]
 Target: a single default prune (all four stages, no hyper-parameter search) in at most 90 s per task.
 Run it alone on the machine: two jobs on two cores slow each other far more than twice.
@@ -47,6 +50,7 @@ def main() -> None:
             "nodes": circuit.n_nodes,
             "edges": circuit.n_edges,
             "test_loss": round(circuit.task_loss, 4),
+            **{key: circuit.search.get(key) for key in ("seconds_masks", "seconds_search_and_cleanup", "passes")},
         }
     report["max_seconds"] = max(t["seconds"] for t in report["tasks"].values())
     print(json.dumps(report))

@@ -7,10 +7,19 @@ needs a variant derives it from the config (`dataclasses.replace(tiny_config, at
 
 from __future__ import annotations
 
+import os
+
 import pytest
+import torch
 
 from circuitlab.config import SparseTransformerConfig
 from circuitlab.model import SparseTransformer
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `make test` runs one worker per core: each (and the notebook kernels it starts) computes on one thread,
+    # or torch's threads and the compiled kernels' would compete, four on two cores.
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
 
 TINY_CONFIG = SparseTransformerConfig(n_layers=2, d_model=32, n_heads=2, d_vocab=1024, n_ctx=64, seed=3)
 

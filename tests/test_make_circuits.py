@@ -24,6 +24,8 @@ def test_circuits_are_saved_and_kept_on_rerun(checkpoint, tmp_path, capsys):
     main(["--model", str(checkpoint), "--out", str(out), "--tasks", "if_equals", "--threads", "1", "--set", *SMALL])
     saved = Circuit.load(out / "if_equals")
     assert saved.task_name == "if_equals" and saved.config["steps"] == 2 and saved.search["seconds"] > 0
+    # where the time went: the search alone evaluates k = 0 and at least one k above it (nothing holds at 0)
+    assert saved.search["passes"] >= 2 and saved.search["seconds_search_and_cleanup"] <= saved.search["seconds"]
     main(["--model", str(checkpoint), "--out", str(out), "--tasks", "if_equals", "--set", *SMALL])
     assert "if_equals: exists, skipped" in capsys.readouterr().out
 

@@ -11,6 +11,7 @@ where the loss crosses the target.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 
 def geometric_grid(n_total: int, ratio: float) -> list[int]:
@@ -45,12 +46,18 @@ def smallest_sufficient(loss_at: Callable[[int], float], target: float, n_total:
     return n_total
 
 
+class Cleanup(NamedTuple):
+    kept: list[int]  # in the order given
+    removed: list[int]  # in the order given
+    unsettled: int  # units still queued when the trial budget ran out (kept without a trial of their own)
+
+
 def greedy_cleanup(
     kept: Sequence[int], loss_without: Callable[[frozenset[int]], float], target: float, max_trials: int = 200
-) -> tuple[list[int], list[int]]:
+) -> Cleanup:
     """Try removing `kept` (least needed first, as ordered) a block at a time; keep a removal when the loss of
     what is left stays <= target, and split a block that fails until single units are tried. Stops after
-    `max_trials` loss evaluations (what is untried stays). Returns (kept, removed), both in the order given.
+    `max_trials` loss evaluations (what is untried stays).
 
     This is what the paper's authors did by hand ("negligible nodes removed"), made systematic. Blocks (a
     sixteenth of the candidates, at least 4) save evaluations where most removals succeed and cost at most
@@ -68,7 +75,8 @@ def greedy_cleanup(
         elif len(trial) > 1:
             half = len(trial) // 2
             queue[:0] = [trial[:half], trial[half:]]
-    return [unit for unit in kept if unit not in removed], [unit for unit in kept if unit in removed]
+    kept_units, removed_units = [u for u in kept if u not in removed], [u for u in kept if u in removed]
+    return Cleanup(kept_units, removed_units, unsettled=sum(len(block) for block in queue))
 
 
 def confirmed_removals(

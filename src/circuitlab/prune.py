@@ -24,6 +24,7 @@ node hook points.
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, replace
 from functools import partial
@@ -313,11 +314,13 @@ class MaskedEvaluator:
     """Task losses of one batch under fixed node masks, with and without a fitted calibration.
 
     The candidate logits of each forward pass are all that is kept, so a calibration can be fitted and a
-    loss computed for the price of one pass.
+    loss computed for the price of one pass. `passes` counts the passes over the whole batch: they are most of
+    a pruning run's time.
     """
 
     def __init__(self, model: SparseTransformer, masks: NodeMasks, batch: TaskBatch):
         self.model, self.masks, self.batch = model, masks, batch
+        self.passes = 0
         self.buckets = length_buckets(batch)
         self.target = torch.cat([b.target for b in self.buckets])
         self.alternative = torch.cat([b.alternative for b in self.buckets])
@@ -325,6 +328,7 @@ class MaskedEvaluator:
     @torch.no_grad()
     def margins(self, node_masks: dict[str, Tensor] | None, invert: bool = False) -> Tensor:
         """target minus alternative logit per prompt (bucket order) with `node_masks` applied (None: none)."""
+        self.passes += 1
         out = []
         for bucket in self.buckets:
             if node_masks is None:
@@ -424,19 +428,25 @@ def prune_targets(
         full_model_loss = test.loss(None)
         ablated_model_loss = test.loss(masks.node_masks(torch.tensor([], dtype=torch.long)))
         history: list[dict] = []
+        start = time.perf_counter()
         if full_model_loss <= max(targets) or not cfg.skip_unsolved:
             history = train_masks(model, masks, pairs.train, cfg, progress, desc=f"prune {task_name}")
             masks.tiebreak = unit_attribution(model, masks, pairs.selection)
+        mask_seconds = time.perf_counter() - start
         circuits = {}
         for target in targets:
             target_cfg = replace(cfg, target_loss=target)
-            units, found, removed_edges = list(range(masks.n_units)), dict[str, int](), list[tuple[Node, Node]]()
+            units, found, removed_edges = list(range(masks.n_units)), dict[str, float](), list[tuple[Node, Node]]()
             if full_model_loss <= target or not cfg.skip_unsolved:
+                passes_before, start = selection.passes + (check.passes if check else 0), time.perf_counter()
                 units, found = search_units(masks, selection, target_cfg, check)
                 if cfg.edge_cleanup and len(units) < masks.n_units:
                     kept = masks.node_masks(torch.tensor(units, dtype=torch.long))
                     removed_edges, edges_found = cleanup_edges(model, kept, means, selection, target_cfg, check)
                     found |= edges_found
+                found["seconds_masks"] = round(mask_seconds, 1)
+                found["seconds_search_and_cleanup"] = round(time.perf_counter() - start, 1)
+                found["passes"] = selection.passes + (check.passes if check else 0) - passes_before
             node_masks = masks.node_masks(torch.tensor(units, dtype=torch.long))
             bool_masks = {name: mask.bool() for name, mask in node_masks.items()}
             with edges_ablated(model, removed_edges, means):
@@ -484,7 +494,8 @@ def search_units(
             selection_loss, calibration = selection.fit(node_masks)
             return selection_loss if on is selection else on.loss(node_masks, calibration)
 
-        _, removed = greedy_cleanup(units[::-1], loss_without, cfg.search_target, cfg.cleanup_trials)  # least first
+        _, removed, unsettled = greedy_cleanup(units[::-1], loss_without, cfg.search_target, cfg.cleanup_trials)
+        found["nodes_unsettled_by_cleanup"] = unsettled  # > 0: the trial budget ran out first
         if check is not None:
             confirmed = confirmed_removals(removed, partial(loss_without, on=check), cfg.search_target, cfg.scan_ratio)
             found["nodes_restored_by_check"] = len(removed) - len(confirmed)
@@ -514,8 +525,8 @@ def cleanup_edges(
             selection_loss, calibration = selection.fit(node_masks)
             return selection_loss if on is selection else on.loss(node_masks, calibration)
 
-    _, removed = greedy_cleanup(list(range(len(links))), loss_without, cfg.search_target, cfg.cleanup_trials)
-    found: dict[str, int] = {}
+    _, removed, unsettled = greedy_cleanup(list(range(len(links))), loss_without, cfg.search_target, cfg.cleanup_trials)
+    found = {"edges_unsettled_by_cleanup": unsettled}
     if check is not None:
         confirmed = confirmed_removals(removed, partial(loss_without, on=check), cfg.search_target, cfg.scan_ratio)
         found["edges_restored_by_check"] = len(removed) - len(confirmed)
