@@ -237,3 +237,18 @@ def test_a_target_the_ablated_model_meets_gives_an_empty_circuit(tiny_model):
     small = dict(steps=2, pairs_per_step=2, selection_pairs=4, test_pairs=4, skip_unsolved=False)
     circuit = prune(tiny_model, tasks.get("else_elif"), ablation="zero", target_loss=5.0, progress=False, **small)
     assert circuit.n_nodes == 0 and circuit.n_edges == 0 and circuit.search["units"] == 0
+
+
+def test_a_circuit_that_misses_on_the_check_pairs_grows_until_it_holds_there(tiny_model):
+    # Every pair has the same answer, so the calibration's shift alone reaches the target with no node kept
+    # (the search stops at k = 0). Check pairs that agree leave the circuit empty; the same prompts with the
+    # answers swapped, which no calibrated circuit gets right, make the check add units until none is left.
+    drawn = tasks.get("single_double_quote").batch(tiny_model.tokenizer, "test", 16, seed=0, n_ctx=64)
+    same = replace(drawn, target=torch.full_like(drawn.target, 5), alternative=torch.full_like(drawn.target, 6))
+    swapped = replace(same, target=same.alternative, alternative=same.target)
+    small = dict(steps=2, pairs_per_step=2, skip_unsolved=False, ablation="zero", edge_cleanup=False, progress=False)
+    agreed = prune(tiny_model, pairs=PrunePairs(same, same, same, check=same), **small)
+    assert agreed.search["units"] == 0 and agreed.search["units_added_by_check"] == 0 and agreed.n_nodes == 0
+    refused = prune(tiny_model, pairs=PrunePairs(same, same, same, check=swapped), **small)
+    total = sum(torch.Size(shape).numel() for shape in node_shapes(tiny_model).values())
+    assert refused.search["units"] == 0 and refused.n_nodes == total

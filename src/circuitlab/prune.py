@@ -13,7 +13,8 @@ The paper's method (its Appendix A.5), in four stages:
    (discretised circuits are badly calibrated).
 4. **Cleanup.** Each remaining node (then each edge) is dropped if the circuit still reaches the target without
    it. A few hundred such choices on one pair set fit that set's noise, so the removals are then checked on
-   *check* pairs, and the latest are undone until the circuit reaches the target there too.
+   *check* pairs, and the latest are undone until the circuit reaches the target there too; if even the
+   search's k misses there, the next units of the ranking are added until it holds.
 
 Four disjoint sets of pairs keep the numbers honest: mask training sees *train* pairs, stages 2–4 choose on
 *selection* pairs, the cleanup is confirmed on *check* pairs, and every loss a circuit reports is measured on
@@ -480,19 +481,26 @@ def search_units(
 ) -> tuple[list[int], dict]:
     """Stages 2 and 4 for nodes: the smallest top-k of the ranking that reaches the search target on the
     selection pairs (calibrated), then greedy removal of units it can do without, confirmed on the `check`
-    pairs (`discretize.confirmed_removals`). Returns the units kept (most needed first) and what each stage found."""
+    pairs (`discretize.confirmed_removals`). If even the search's own k misses the target on the check pairs
+    (k was chosen where the selection pairs' noise made it cross), the next units of the ranking are added, as
+    few as reach it there. Returns the units kept (most needed first) and what each stage found."""
     ranking = masks.ranking()
     k = smallest_sufficient(
         lambda k: selection.fit(masks.node_masks(ranking[:k]))[0], cfg.search_target, masks.n_units, cfg.scan_ratio
     )
     units = ranking[:k].tolist()
     found = {"units": k, "nodes": int(sum(m.sum() for m in masks.node_masks(ranking[:k]).values()))}
+
+    def loss_of(kept: list[int], on: MaskedEvaluator = selection) -> float:
+        """Calibrated on the selection pairs, measured `on` the given pairs."""
+        node_masks = masks.node_masks(torch.tensor(kept, dtype=torch.long))
+        selection_loss, calibration = selection.fit(node_masks)
+        return selection_loss if on is selection else on.loss(node_masks, calibration)
+
     if cfg.cleanup and k < masks.n_units:
 
         def loss_without(gone: frozenset[int], on: MaskedEvaluator = selection) -> float:
-            node_masks = masks.node_masks(torch.tensor([u for u in units if u not in gone], dtype=torch.long))
-            selection_loss, calibration = selection.fit(node_masks)
-            return selection_loss if on is selection else on.loss(node_masks, calibration)
+            return loss_of([u for u in units if u not in gone], on)
 
         _, removed, unsettled = greedy_cleanup(units[::-1], loss_without, cfg.search_target, cfg.cleanup_trials)
         found["nodes_unsettled_by_cleanup"] = unsettled  # > 0: the trial budget ran out first
@@ -502,6 +510,13 @@ def search_units(
             removed = confirmed
         units = [u for u in units if u not in set(removed)]
         found["removed_by_cleanup"] = len(removed)
+    if check is not None and k < masks.n_units:
+        rest = [u for u in ranking.tolist() if u not in set(units)]
+        added = smallest_sufficient(
+            lambda n: loss_of(units + rest[:n], on=check), cfg.search_target, len(rest), cfg.scan_ratio
+        )
+        units += rest[:added]
+        found["units_added_by_check"] = added
     return units, found
 
 
