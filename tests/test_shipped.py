@@ -56,6 +56,22 @@ def test_shipped_circuits_hold_on_the_pairs_kept_for_reporting(sparse):
     assert circuit.loss(sparse, fresh) < 0.2  # other fresh pairs (some may overlap the pruning's draw)
 
 
+@pytest.mark.slow
+def test_every_seed_circuit_pruned_with_check_pairs_holds_on_its_test_pairs(sparse):
+    # The check pairs exist so that a circuit chosen on the selection pairs also holds where nothing chose it.
+    checked = [
+        circuit
+        for folder in ("sparse", "sparse_seed1", "sparse_seed2")
+        for circuit in load_circuits(CIRCUITS_DIR / folder, sparse).values()
+        if circuit.config.get("check_pairs")
+    ]
+    assert len(checked) >= 3
+    for circuit in checked:
+        held_out = report_pairs(circuit, tasks.get(circuit.task_name), sparse.tokenizer, n_ctx=sparse.cfg.n_ctx)
+        assert circuit.loss(sparse, held_out) == pytest.approx(circuit.task_loss, abs=1e-4)
+        assert circuit.task_loss <= circuit.target_loss, circuit.task_name
+
+
 def test_a_foreign_config_over_the_shipped_weights_is_refused(tmp_path):
     copy = shutil.copytree(CHECKPOINTS_DIR / "sparse", tmp_path / "sparse")
     shutil.copy(CHECKPOINTS_DIR / "dense" / "config.json", copy / "config.json")  # same shapes, AbsTopK off
