@@ -3,10 +3,10 @@
 import pytest
 import torch
 
-from circuitlab.circuit import Circuit, Node, circuit_edges, edges_ablated, parse_hook, sublayer_order
+from circuitlab.circuit import Circuit, Node, circuit_edges, edges_ablated, node_shapes, parse_hook, sublayer_order
 from circuitlab.config import SparseTransformerConfig
+from circuitlab.masks import ablation_values
 from circuitlab.model import NODE_LOCATIONS, SparseTransformer
-from circuitlab.prune import ablation_values, node_shapes
 from circuitlab.tasks import TaskBatch, task_loss
 
 CFG = SparseTransformerConfig(n_layers=2, d_model=32, n_heads=2, d_vocab=60, n_ctx=20, seed=2)

@@ -23,7 +23,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("compat", "tasks", "bridges"),  # bridges: maps between a dense and a sparse model's residual streams
     ("synthetic", "circuit"),
     ("build", "plotting", "explorer", "compare", "printout"),  # build: the snapshot, tokenizer and token stream files
-    ("corpus", "frontier"),  # reading the token streams; reading a sweep's tables (chapter 08)
+    ("corpus", "frontier", "masks"),  # reading the token streams; a sweep's tables (chapter 08); node masks
     ("prune", "train", "evaluate", "handbook"),
     ("search", "controls", "steering"),  # each runs the pruner (search: in worker processes)
     # the commands that make data/circuits/, controls/, frontier/, bridges/ and steering/

@@ -26,17 +26,10 @@ import torch
 from circuitlab import controls, tasks
 from circuitlab.circuit import node_shapes
 from circuitlab.config import SparseTransformerConfig
+from circuitlab.masks import MaskedEvaluator, NodeMasks, ablation_values
 from circuitlab.model import SparseTransformer
 from circuitlab.plotting import plot_edges_vs_loss
-from circuitlab.prune import (
-    MaskedEvaluator,
-    NodeMasks,
-    PruneConfig,
-    PrunePairs,
-    ablation_values,
-    prune,
-    unit_attribution,
-)
+from circuitlab.prune import PruneConfig, PrunePairs, prune, unit_attribution
 from circuitlab.tasks import TaskBatch
 
 PAD, A, B, Q, X, Y = range(6)
@@ -173,7 +166,7 @@ def node_set(masks: dict[str, torch.Tensor]) -> set[tuple[str, int]]:
 def masks_of(model: SparseTransformer, ablation: str, nodes: set[tuple[str, int]]) -> tuple[NodeMasks, dict]:
     """NodeMasks with the ablation constants of the pruner and float node masks keeping exactly `nodes`."""
     means = ablation_values(model, ablation, PRETRAINING)
-    masks = NodeMasks(model, means, PruneConfig(ablation=ablation))
+    masks = PruneConfig(ablation=ablation).new_masks(model, means)
     keep = {name: torch.zeros(mean.shape) for name, mean in means.items()}
     for name, index in nodes:
         keep[name].view(-1)[index] = 1.0

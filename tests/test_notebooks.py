@@ -1,5 +1,6 @@
 """Every chapter runs end to end under papermill with smoke=True; parameters are checked before running."""
 
+import json
 import os
 import subprocess
 import sys
@@ -23,6 +24,8 @@ def test_there_are_chapters():
 
 @pytest.mark.parametrize("notebook", CHAPTERS, ids=lambda p: p.stem)
 def test_committed_without_outputs_and_with_a_smoke_parameter(notebook):
+    raw = json.loads(notebook.read_text())
+    assert all("id" in cell for cell in raw["cells"]), "give every cell an id: nbformat.validator.normalize"
     nb = nbformat.read(notebook, as_version=4)
     code = [cell for cell in nb.cells if cell.cell_type == "code"]
     assert "parameters" in code[0].metadata.get("tags", []), "the first code cell must be tagged 'parameters'"

@@ -3,10 +3,9 @@
 import pytest
 import torch
 
-from circuitlab.circuit import Circuit, circuit_edges, edges_ablated, weight_links
+from circuitlab.circuit import Circuit, circuit_edges, edges_ablated, node_shapes, weight_links
 from circuitlab.model import NODE_LOCATIONS
 from circuitlab.printout import circuit_text, constant_inputs
-from circuitlab.prune import node_shapes
 
 
 @pytest.fixture

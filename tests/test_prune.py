@@ -7,20 +7,11 @@ import pytest
 import torch
 
 from circuitlab import SparseTransformer, prune, tasks
-from circuitlab.circuit import Calibration, Circuit
+from circuitlab.circuit import Calibration, Circuit, node_shapes
 from circuitlab.discretize import confirmed_removals, geometric_grid, greedy_cleanup, smallest_sufficient
+from circuitlab.masks import HeavisideSigmoidGrad, ablation_values, last_position_logits, length_buckets
 from circuitlab.paths import CHECKPOINTS_DIR, CIRCUITS_DIR
-from circuitlab.prune import (
-    HeavisideSigmoidGrad,
-    NodeMasks,
-    PruneConfig,
-    PrunePairs,
-    ablation_values,
-    last_position_logits,
-    length_buckets,
-    loss_vs_nodes,
-    node_shapes,
-)
+from circuitlab.prune import PruneConfig, PrunePairs, loss_vs_nodes
 from circuitlab.settings import SettingsError
 from circuitlab.tasks import task_loss
 
@@ -160,8 +151,8 @@ def test_prune_leaves_the_model_as_found_and_refuses_foreign_tokens(tiny_model):
 
 def test_tied_qk_masks_keep_or_prune_q_and_k_together(tiny_model, tiny_config):
     means = ablation_values(tiny_model, "zero")
-    masks = NodeMasks(tiny_model, means, PruneConfig(tie_qk=True))
-    untied = NodeMasks(tiny_model, means, PruneConfig())
+    masks = PruneConfig(tie_qk=True).new_masks(tiny_model, means)
+    untied = PruneConfig().new_masks(tiny_model, means)
     per_layer_qk = tiny_config.n_heads * tiny_config.d_head
     assert masks.n_units == untied.n_units - tiny_config.n_layers * per_layer_qk
     for k in (1, 5, 40):

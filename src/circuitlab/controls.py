@@ -25,18 +25,17 @@ import torch
 from torch import Tensor
 
 from circuitlab.circuit import Circuit, circuit_edges
+from circuitlab.masks import MaskedEvaluator, NodeMasks, select_rows
 from circuitlab.model import SparseTransformer
 from circuitlab.prune import (
     PRETRAINING_ROWS,
-    MaskedEvaluator,
-    NodeMasks,
     PruneConfig,
     PrunePairs,
     frozen,
     prune,
     sample_pretraining_tokens,
     search_units,
-    select_rows,
+    trained_masks,
     unit_attribution,
 )
 from circuitlab.sparsity import project_topk_
@@ -85,7 +84,7 @@ class MaskEvaluation:
 def evaluate_trained_masks(model: SparseTransformer, circuit: Circuit, pairs: PrunePairs) -> MaskEvaluation:
     """Judge the masks a pruning run trained (τ > 0), not only the circuit its search chose, on the run's held-out
     pairs. Prune with `skip_unsolved=False` so masks are trained even where the full model misses the target."""
-    masks = NodeMasks.of_circuit(model, circuit)
+    masks = trained_masks(model, circuit)
     trained = masks.node_masks((masks.unit_scores() > 0).nonzero().flatten())
     tail = [step["task_loss"] for step in circuit.history[-max(1, len(circuit.history) // 10) :]]
     with frozen(model):
@@ -172,7 +171,7 @@ def control_table(runs: dict[str, ControlRun]) -> pd.DataFrame:
 def learned_masks(model: SparseTransformer, circuit: Circuit, pairs: PrunePairs) -> NodeMasks:
     """The masks of the pruning run that found `circuit`, ranked as its search ranked them: by trained score,
     ties broken by the attribution at the trained mask on the selection pairs."""
-    masks = NodeMasks.of_circuit(model, circuit)
+    masks = trained_masks(model, circuit)
     with frozen(model):
         masks.tiebreak = unit_attribution(model, masks, pairs.selection)
     return masks
@@ -183,7 +182,7 @@ def attribution_masks(model: SparseTransformer, circuit: Circuit, pairs: PrunePa
     kept: per unit, (activation − ablation value) · ∂loss/∂activation summed over positions and averaged over
     prompts (`unit_attribution` with every mask at 1). Measured, like the masks are learned, on training pairs
     (as many as the selection set holds), with `circuit`'s ablation constants."""
-    masks = NodeMasks.of_circuit(model, circuit)
+    masks = trained_masks(model, circuit)
     with torch.no_grad():
         for score in masks.scores:
             score.fill_(1.0)

@@ -1,0 +1,241 @@
+"""Node masks and what they cost: keep or ablate each node at its hook point, and measure the task loss.
+
+`NodeMasks` holds one learnable score per unit (the pruner trains them); `MaskedEvaluator` measures a fixed
+set of 0/1 masks on one batch of contrast pairs, calibrated or not, for the price of one forward pass.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, nn
+
+from circuitlab.circuit import Calibration, keep_or_ablate, node_shapes
+from circuitlab.model import SparseTransformer
+from circuitlab.tasks import TaskBatch
+
+ABLATIONS = ("mean", "zero", "task_mean")
+
+
+class HeavisideSigmoidGrad(torch.autograd.Function):
+    """Heaviside step forward (score > 0 keeps the node); backward, the derivative of sigmoid(score / temp)."""
+
+    @staticmethod
+    def forward(ctx, scores: Tensor, temperature: float) -> Tensor:
+        ctx.save_for_backward(scores)
+        ctx.temperature = temperature
+        return (scores > 0).to(scores.dtype)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
+        (scores,) = ctx.saved_tensors
+        sigmoid = (scores / ctx.temperature).sigmoid()
+        return grad * sigmoid * (1 - sigmoid) / ctx.temperature, None
+
+
+@torch.no_grad()
+def ablation_values(
+    model: SparseTransformer,
+    ablation: str,
+    pretraining_tokens: Tensor | None = None,
+    task_batch: TaskBatch | None = None,
+) -> dict[str, Tensor]:
+    """The constant each node is replaced by when pruned: zero, or its mean over text or over task prompts."""
+    shapes = node_shapes(model)
+    if ablation == "zero":
+        return {name: torch.zeros(shape) for name, shape in shapes.items()}
+    if ablation == "mean":
+        if pretraining_tokens is None:
+            raise ValueError("Mean ablation needs pretraining_tokens (a [batch, pos] sample of pretraining text).")
+        check_token_range(pretraining_tokens, model.cfg.d_vocab, "pretraining_tokens")
+        tokens, valid = pretraining_tokens, torch.ones(pretraining_tokens.shape, dtype=torch.bool)
+    elif ablation == "task_mean":
+        if task_batch is None:
+            raise ValueError("Task-mean ablation needs a task_batch.")
+        tokens = task_batch.tokens
+        valid = torch.arange(tokens.shape[1])[None] <= task_batch.last[:, None]
+    else:
+        raise ValueError(f"ablation={ablation!r}; choose one of {ABLATIONS}")
+    _, cache = model.run_with_cache(tokens, names_filter=lambda name: name in shapes)
+    weights = valid.float()
+    return {name: torch.einsum("bp...,bp->...", cache[name], weights) / weights.sum() for name in shapes}
+
+
+def check_token_range(tokens: Tensor, d_vocab: int, what: str) -> None:
+    """ValueError naming `what` when a token id falls outside the model's vocabulary."""
+    if tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= d_vocab):
+        raise ValueError(
+            f"{what} holds token ids in [{int(tokens.min())}, {int(tokens.max())}] but the model's vocabulary is "
+            f"[0, {d_vocab}); pass tokens made with the model's own tokenizer (for a model with its own "
+            "vocabulary, pass pretraining_tokens= explicitly)."
+        )
+
+
+class NodeMasks(nn.Module):
+    """One learnable score per *unit* (a node, or a q/k pair with `tie_qk`); `hooks()` keeps or ablates nodes.
+
+    Nodes are numbered in hook order (the concatenation of every node location's channels); units are the
+    entries of the score parameters, and `unit_of[node]` says which unit decides each node. Scores start at
+    `init_mean` ± `init_std` (seeded); `PruneConfig.new_masks` passes its own settings.
+    """
+
+    def __init__(
+        self,
+        model: SparseTransformer,
+        means: dict[str, Tensor],
+        *,
+        init_mean: float,
+        init_std: float,
+        heaviside_temp: float,
+        tie_qk: bool,
+        seed: int,
+    ):
+        super().__init__()
+        generator = torch.Generator().manual_seed(seed)
+        shapes = node_shapes(model)
+        self.names = list(shapes)
+        self.means = means
+        self.temperature = heaviside_temp
+        self.param_of: dict[str, int] = {}
+        params: list[nn.Parameter] = []
+        for name, shape in shapes.items():
+            if tie_qk and name.endswith("attn.hook_k"):
+                self.param_of[name] = self.param_of[name.replace("hook_k", "hook_q")]
+                continue
+            self.param_of[name] = len(params)
+            params.append(nn.Parameter(init_mean + init_std * torch.randn(shape, generator=generator)))
+        self.scores = nn.ParameterList(params)
+        offsets = [0]
+        for param in params:
+            offsets.append(offsets[-1] + param.numel())
+        self.unit_of = torch.cat(
+            [torch.arange(offsets[i], offsets[i + 1]) for i in (self.param_of[name] for name in self.names)]
+        )
+        self.n_units = offsets[-1]
+        self.fixed: dict[str, Tensor] | None = None  # masks (hook name -> 0/1) that override the scores when set
+        self.tiebreak = torch.zeros(self.n_units)  # secondary ranking key, e.g. gradient attribution
+
+    @property
+    def n_nodes(self) -> int:
+        return len(self.unit_of)
+
+    def keep(self, name: str) -> Tensor:
+        if self.fixed is not None:
+            return self.fixed[name]
+        return HeavisideSigmoidGrad.apply(self.scores[self.param_of[name]], self.temperature)
+
+    def n_kept(self) -> Tensor:
+        return torch.stack([self.keep(name).sum() for name in self.names]).sum()
+
+    def hooks(self) -> list[tuple[str | Callable, Callable]]:
+        def make_hook(name: str) -> Callable:
+            def hook(activation: Tensor, hook) -> Tensor:
+                return keep_or_ablate(activation, self.keep(name), self.means[name])
+
+            return hook
+
+        return [(name, make_hook(name)) for name in self.names]
+
+    def unit_scores(self) -> Tensor:
+        return torch.cat([score.detach().flatten() for score in self.scores])
+
+    def ranking(self) -> Tensor:
+        """Units, most needed first: by score, ties (scores pinned at the clamp) broken by `tiebreak`."""
+        by_tiebreak = self.tiebreak.argsort(descending=True, stable=True)
+        return by_tiebreak[self.unit_scores()[by_tiebreak].argsort(descending=True, stable=True)]
+
+    def node_masks(self, units: Tensor) -> dict[str, Tensor]:
+        """Float 0/1 node masks (hook name -> mask) keeping the nodes of the given units."""
+        keep_unit = torch.zeros(self.n_units)
+        keep_unit[units] = 1.0
+        flat = keep_unit[self.unit_of]
+        sizes = [self.means[name].numel() for name in self.names]
+        return {
+            name: part.view(self.means[name].shape) for name, part in zip(self.names, flat.split(sizes), strict=True)
+        }
+
+    def highest(self, k: int) -> dict[str, Tensor]:
+        """Node masks keeping the k highest-ranked units."""
+        return self.node_masks(self.ranking()[:k])
+
+    def load_scores(self, saved: dict[str, Tensor]) -> None:
+        """Copy saved per-hook scores in (matched by hook name, so the order they were saved in is irrelevant)."""
+        missing = [name for name in self.names if name not in saved]
+        if missing:
+            raise ValueError(f"saved scores lack {len(missing)} node locations, e.g. {missing[0]!r}")
+        with torch.no_grad():
+            for name in self.names:
+                self.scores[self.param_of[name]].copy_(saved[name])
+
+
+def select_rows(batch: TaskBatch, rows: Tensor) -> TaskBatch:
+    """The given rows of a batch, with the padding columns none of them needs cut off."""
+    last = batch.last[rows]
+    points = [batch.datapoints[i] for i in rows.tolist()] if batch.datapoints else []
+    return TaskBatch(
+        batch.tokens[rows, : int(last.max()) + 1], last, batch.target[rows], batch.alternative[rows], points
+    )
+
+
+def length_buckets(batch: TaskBatch, n_buckets: int = 4) -> list[TaskBatch]:
+    """The batch split into groups of similar prompt length, so little compute is spent on padding."""
+    order = batch.last.argsort()
+    return [select_rows(batch, rows) for rows in order.tensor_split(min(n_buckets, len(order)))]
+
+
+def last_position_logits(model: SparseTransformer, batch: TaskBatch) -> tuple[Tensor, TaskBatch]:
+    """Logits at each prompt's last position only ([n, 1, vocab]) and the batch re-indexed to match: the
+    unembedding of every other position would be wasted work."""
+    resid = model(batch.tokens, stop_at=model.residual_sites[-1])
+    rows = torch.arange(len(batch))
+    logits = model.unembed_resid(resid[rows, batch.last][:, None], batch.tokens[rows, batch.last][:, None])
+    return logits, TaskBatch(batch.tokens, torch.zeros_like(batch.last), batch.target, batch.alternative)
+
+
+class MaskedEvaluator:
+    """Task losses of one batch under fixed node masks, with and without a fitted calibration.
+
+    The candidate logits of each forward pass are all that is kept, so a calibration can be fitted and a
+    loss computed for the price of one pass. `passes` counts the passes over the whole batch: they are most of
+    a pruning run's time.
+    """
+
+    def __init__(self, model: SparseTransformer, masks: NodeMasks, batch: TaskBatch):
+        self.model, self.masks, self.batch = model, masks, batch
+        self.passes = 0
+        self.buckets = length_buckets(batch)
+        self.target = torch.cat([b.target for b in self.buckets])
+        self.alternative = torch.cat([b.alternative for b in self.buckets])
+
+    @torch.no_grad()
+    def margins(self, node_masks: dict[str, Tensor] | None, invert: bool = False) -> Tensor:
+        """target minus alternative logit per prompt (bucket order) with `node_masks` applied (None: none)."""
+        self.passes += 1
+        out = []
+        for bucket in self.buckets:
+            if node_masks is None:
+                logits, _ = last_position_logits(self.model, bucket)
+            else:
+                self.masks.fixed = {k: 1 - v for k, v in node_masks.items()} if invert else node_masks
+                try:
+                    with self.model.hooks(fwd_hooks=self.masks.hooks()):
+                        logits, _ = last_position_logits(self.model, bucket)
+                finally:
+                    self.masks.fixed = None
+            rows = torch.arange(len(bucket))
+            out.append(logits[rows, 0, bucket.target] - logits[rows, 0, bucket.alternative])
+        return torch.cat(out)
+
+    def loss(self, node_masks: dict[str, Tensor] | None, calibration: Calibration | None = None, invert=False):
+        margins = self.margins(node_masks, invert)
+        if calibration is not None:
+            margins = calibration.margins(margins, self.target, self.alternative)
+        return torch.nn.functional.softplus(-margins).mean().item()
+
+    def fit(self, node_masks: dict[str, Tensor]) -> tuple[float, Calibration]:
+        """The calibrated loss of `node_masks` on this batch and the calibration that reaches it."""
+        margins = self.margins(node_masks)
+        calibration = Calibration.fit(margins, self.target, self.alternative)
+        calibrated = calibration.margins(margins, self.target, self.alternative)
+        return torch.nn.functional.softplus(-calibrated).mean().item(), calibration
