@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Tokenizer
 
-from circuitlab.checkpoint import write_atomic
+from circuitlab.checkpoint import write_atomic, write_text_atomic
 from circuitlab.paths import CACHE_DIR
 from circuitlab.snapshot import build_snapshot, iter_corpus_files
 from circuitlab.synthetic import MIXES, generate_snippets, generate_text
@@ -98,7 +98,7 @@ def build_token_streams(tokenizer_path: str | Path | None = None) -> dict:
         "tokens": {name: int(len(ids)) for name, ids in streams.items()},
         "build_seconds": round(time.perf_counter() - start, 1),
     }
-    (TOKENS_DIR / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
+    write_text_atomic(TOKENS_DIR / "meta.json", json.dumps(meta, indent=1) + "\n")
     return meta
 
 

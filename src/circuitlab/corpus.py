@@ -10,16 +10,21 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from filelock import FileLock
 
-from circuitlab.build import STREAM_NAMES, build_token_streams, stream_path, token_streams_are_current
+from circuitlab.build import STREAM_NAMES, TOKENS_DIR, build_token_streams, stream_path, token_streams_are_current
 from circuitlab.tokenizer import DEFAULT_TOKENIZER_PATH
 
 
 def load_token_streams(tokenizer_path: str | Path | None = None) -> dict[str, np.ndarray]:
-    """Memory-mapped uint16 token streams, keys `STREAM_NAMES`; built on first use or when the tokenizer changed."""
+    """Memory-mapped uint16 token streams, keys `STREAM_NAMES`; built on first use or when the tokenizer changed.
+    Processes that need them at once (test workers, parallel trials) wait for one build instead of racing."""
     tokenizer_path = Path(tokenizer_path or DEFAULT_TOKENIZER_PATH)
     if not token_streams_are_current(tokenizer_path):
-        build_token_streams(tokenizer_path)
+        TOKENS_DIR.mkdir(parents=True, exist_ok=True)
+        with FileLock(TOKENS_DIR / ".build.lock"):
+            if not token_streams_are_current(tokenizer_path):  # another process may have built them meanwhile
+                build_token_streams(tokenizer_path)
     return {name: np.memmap(stream_path(name), dtype=np.uint16, mode="r") for name in STREAM_NAMES}
 
 
