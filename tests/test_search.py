@@ -30,7 +30,7 @@ SMALL = PruneConfig(  # trials of about a second
     pairs_per_step=4,
     selection_pairs=16,
     test_pairs=16,
-    check_pairs=0,  # the check (tests/test_prune.py) would slow trials past this test's 30 s budget
+    check_pairs=0,  # the check is tested in tests/test_prune.py; here it would only slow the trials
     skip_unsolved=False,
     target_loss=0.57,
     selection_margin=0,
@@ -73,17 +73,23 @@ def test_choose_takes_the_fewest_edges_among_feasible_trials_only():
 
 
 @pytest.mark.slow
-def test_two_workers_search_in_parallel_within_the_budget(checkpoint, text, tmp_path):
-    budget = 30
+def test_two_workers_run_trials_of_one_study_side_by_side(checkpoint, text, tmp_path):
     result = search(
-        checkpoint, "if_equals", budget, workers=2, base=SMALL, pretraining_tokens=text, run_dir=tmp_path / "run"
+        checkpoint,
+        "if_equals",
+        600,  # the search ends at max_trials; wall time on a busy machine must not decide this test
+        workers=2,
+        base=SMALL,
+        max_trials=4,
+        pretraining_tokens=text,
+        run_dir=tmp_path / "run",
     )
     table = result.trials
     assert list(table.columns) == [*TRIAL_COLUMNS, *FIELDS, *RESULT_COLUMNS]
     finished = optuna.load_study(study_name=STUDY_NAME, storage=journal(tmp_path / "run")).get_trials(
         states=(optuna.trial.TrialState.COMPLETE,)
     )
-    assert table.trial.tolist() == sorted(t.number for t in finished)
+    assert len(table) == 4 and table.trial.tolist() == sorted(t.number for t in finished)
 
     # two processes other than this one, each running trials while the other does
     pids = set(table.worker)
@@ -94,11 +100,6 @@ def test_two_workers_search_in_parallel_within_the_budget(checkpoint, text, tmp_
         for a in first.itertuples()
         for b in second.itertuples()
     )
-
-    # the budget: used, and not overrun by more than a trial (plus polling and loading the best circuit)
-    longest = table.seconds.max()
-    assert result.seconds <= budget + longest + 2
-    assert table.finished_s.max() >= budget - 2 * longest
 
     base = table[table.trial == 0].iloc[0]
     assert [base[f] for f in FIELDS] == pytest.approx([getattr(SMALL, f) for f in FIELDS])
@@ -113,6 +114,23 @@ def test_two_workers_search_in_parallel_within_the_budget(checkpoint, text, tmp_
     saved = result.save(tmp_path / "out")
     pd.testing.assert_frame_equal(pd.read_csv(saved / "trials.csv"), table, check_dtype=False)
     assert Circuit.load(saved).n_edges == best.edges
+
+
+@pytest.mark.slow
+def test_the_search_stops_at_its_budget_once_the_base_trial_has_finished(checkpoint, text, tmp_path):
+    budget = 20
+    result = search(
+        checkpoint, "if_equals", budget, workers=2, base=SMALL, pretraining_tokens=text, run_dir=tmp_path / "run"
+    )
+    table = result.trials
+    assert 0 in set(table.trial)  # the base trial always finishes, however slow the machine
+    # not overrun: stopped at the deadline, or when the base trial finished if later (plus polling and loading)
+    assert result.seconds <= max(budget, table[table.trial == 0].finished_s.iloc[0]) + 5
+    # used: at the deadline a worker was busy (its trial killed, left running in the journal), or the last one
+    # stopped because its longest trial would not have ended in time
+    trials = optuna.load_study(study_name=STUDY_NAME, storage=journal(tmp_path / "run")).get_trials()
+    killed = [t for t in trials if t.state == optuna.trial.TrialState.RUNNING]
+    assert killed or table.finished_s.max() >= budget - table.seconds.max()
 
 
 @pytest.mark.slow
