@@ -25,7 +25,7 @@ from circuitlab.search import (
     searched,
 )
 
-SMALL = PruneConfig(  # trials of about a second
+SMALL = PruneConfig(  # trials of a few seconds on an idle machine (1-19 s measured), longer under load
     steps=6,
     pairs_per_step=4,
     selection_pairs=16,
@@ -46,6 +46,11 @@ def checkpoint(tmp_path_factory, tiny_config) -> str:
 @pytest.fixture(scope="module")
 def text(tiny_config) -> torch.Tensor:
     return torch.randint(0, tiny_config.d_vocab, (4, tiny_config.n_ctx), generator=torch.Generator().manual_seed(0))
+
+
+def journal_trials(run_dir, states=None) -> list[optuna.trial.FrozenTrial]:
+    """The trials a search recorded in its run folder's journal, in the given states (all by default)."""
+    return optuna.load_study(study_name=STUDY_NAME, storage=journal(run_dir)).get_trials(states=states)
 
 
 def test_dimensions_span_a_decade_around_the_base_within_their_caps():
@@ -86,9 +91,7 @@ def test_two_workers_run_trials_of_one_study_side_by_side(checkpoint, text, tmp_
     )
     table = result.trials
     assert list(table.columns) == [*TRIAL_COLUMNS, *FIELDS, *RESULT_COLUMNS]
-    finished = optuna.load_study(study_name=STUDY_NAME, storage=journal(tmp_path / "run")).get_trials(
-        states=(optuna.trial.TrialState.COMPLETE,)
-    )
+    finished = journal_trials(tmp_path / "run", states=(optuna.trial.TrialState.COMPLETE,))
     assert len(table) == 4 and table.trial.tolist() == sorted(t.number for t in finished)
 
     # two processes other than this one, each running trials while the other does
@@ -128,8 +131,7 @@ def test_the_search_stops_at_its_budget_once_the_base_trial_has_finished(checkpo
     assert result.seconds <= max(budget, table[table.trial == 0].finished_s.iloc[0]) + 5
     # used: at the deadline a worker was busy (its trial killed, left running in the journal), or the last one
     # stopped because its longest trial would not have ended in time
-    trials = optuna.load_study(study_name=STUDY_NAME, storage=journal(tmp_path / "run")).get_trials()
-    killed = [t for t in trials if t.state == optuna.trial.TrialState.RUNNING]
+    killed = journal_trials(tmp_path / "run", states=(optuna.trial.TrialState.RUNNING,))
     assert killed or table.finished_s.max() >= budget - table.seconds.max()
 
 
