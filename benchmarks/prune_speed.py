@@ -21,6 +21,8 @@ from circuitlab import SparseTransformer, prune, tasks
 from circuitlab.paths import CHECKPOINTS_DIR
 from circuitlab.prune import PRETRAINING_ROWS, PruneConfig, sample_pretraining_tokens
 
+SEARCH_FIELDS = ("seconds_masks", "seconds_search_and_cleanup", "passes", "trials_stopped_early")
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -50,7 +52,7 @@ def main() -> None:
             "nodes": circuit.n_nodes,
             "edges": circuit.n_edges,
             "test_loss": round(circuit.task_loss, 4),
-            **{key: circuit.search.get(key) for key in ("seconds_masks", "seconds_search_and_cleanup", "passes")},
+            **{key: circuit.search.get(key) for key in SEARCH_FIELDS},
         }
     report["max_seconds"] = max(t["seconds"] for t in report["tasks"].values())
     print(json.dumps(report))

@@ -1,5 +1,6 @@
 """The pruner: its pieces on their own, and a real circuit found in the shipped sparse model."""
 
+import importlib
 import math
 from dataclasses import replace
 
@@ -9,9 +10,16 @@ import torch
 from circuitlab import SparseTransformer, prune, tasks
 from circuitlab.circuit import Calibration, Circuit, node_shapes
 from circuitlab.discretize import confirmed_removals, geometric_grid, greedy_cleanup, smallest_sufficient
-from circuitlab.masks import HeavisideSigmoidGrad, ablation_values, last_position_logits, length_buckets
+from circuitlab.masks import (
+    HeavisideSigmoidGrad,
+    MaskedEvaluator,
+    ablation_values,
+    last_position_logits,
+    length_buckets,
+    select_rows,
+)
 from circuitlab.paths import CHECKPOINTS_DIR, CIRCUITS_DIR
-from circuitlab.prune import PruneConfig, PrunePairs, loss_vs_nodes
+from circuitlab.prune import PruneConfig, PrunePairs, loss_vs_nodes, search_units
 from circuitlab.settings import SettingsError
 from circuitlab.tasks import task_loss
 
@@ -191,6 +199,37 @@ def test_last_position_logits_and_buckets_give_the_full_task_loss(sparse_model):
     assert bucket_total == pytest.approx(full.sum().item(), abs=1e-4)
 
 
+def test_early_rejection_stops_failing_masks_on_a_probe_and_measures_passing_ones_in_full(sparse_model):
+    task = tasks.get("single_double_quote")
+    batch = task.batch(sparse_model.tokenizer, "test", 64, seed=3, n_ctx=sparse_model.cfg.n_ctx)
+    masks = PruneConfig().new_masks(sparse_model, ablation_values(sparse_model, "zero"))
+    evaluator = MaskedEvaluator(sparse_model, masks, batch)  # probes: 4, 8 and 16 of the 64 pairs
+    everything, nothing = masks.node_masks(torch.arange(masks.n_units)), masks.node_masks(torch.tensor([]).long())
+    full_loss, _ = evaluator.fit(everything)
+    assert full_loss < 0.15 and evaluator.passes == 1
+    assert evaluator.fit(everything, reject_above=0.15)[0] == full_loss  # passing: the whole batch, same loss
+    assert evaluator.passes == 2 and evaluator.rejected == 0
+    assert evaluator.fit(nothing, reject_above=0.15)[0] > 0.5  # all ablated: stopped on the first probe
+    assert evaluator.passes == 2 + 4 / 64 and evaluator.rejected == 1
+    assert evaluator.loss(nothing) == pytest.approx(evaluator.loss(nothing, reject_above=10.0))  # never above 10
+    with pytest.raises(ValueError, match="even number"):
+        MaskedEvaluator(sparse_model, masks, select_rows(batch, torch.arange(5)))
+
+
+def test_early_rejection_pairs_the_probe_with_the_last_masks_measured_in_full(tiny_model):
+    # Per-prompt losses that vary a lot from prompt to prompt: the probe's own mean (0.10 +- 0.05) cannot tell
+    # 0.12 from 0.15, but every prompt costs exactly 0.05 more than under the reference masks, whose whole-batch
+    # loss (0.10) is known, so the paired estimate (0.15, no spread) is clearly above 0.12.
+    masks = PruneConfig().new_masks(tiny_model, ablation_values(tiny_model, "zero"))
+    batch = tasks.get("single_double_quote").batch(tiny_model.tokenizer, "test", 8, n_ctx=64)
+    evaluator = MaskedEvaluator(tiny_model, masks, batch)
+    reference = torch.tensor([0.01, 0.19] * 8)
+    probe = reference[:4] + 0.05
+    assert not evaluator._clearly_above(probe, 0.12, reference=None)
+    assert evaluator._clearly_above(probe, 0.12, reference=reference)
+    assert not evaluator._clearly_above(probe, 0.16, reference=reference)
+
+
 @pytest.mark.slow
 def test_prune_finds_a_small_sufficient_and_necessary_circuit(sparse_model):
     task = tasks.get("single_double_quote")
@@ -246,3 +285,26 @@ def test_a_circuit_that_misses_on_the_check_pairs_grows_until_it_holds_there(tin
     refused = prune(tiny_model, pairs=PrunePairs(same, same, same, check=swapped), **small)
     total = sum(torch.Size(shape).numel() for shape in node_shapes(tiny_model).values())
     assert refused.search["units"] == 0 and refused.n_nodes == total
+
+
+def test_units_added_for_the_check_pairs_are_cleaned_up_on_them(tiny_model, monkeypatch):
+    # Units ranked 0, 1, 2, ...: the selection pairs need units 0 and 1, the check pairs also unit 7. The search
+    # keeps 0-1, the check adds the ranking's next units up to 7, and those the check pairs do without go again.
+    masks = PruneConfig().new_masks(tiny_model, ablation_values(tiny_model, "zero"))
+    with torch.no_grad():
+        for score in masks.scores:
+            score.zero_()
+    masks.tiebreak = -torch.arange(masks.n_units, dtype=torch.float)  # ties broken: unit 0 first
+    selection, check = object(), object()
+
+    def fake_loss(_selection, node_masks, cfg, on):
+        flat = torch.cat([node_masks[name].flatten() for name in masks.names])
+        kept = set(masks.unit_of[flat > 0].tolist())
+        needed = {0, 1} if on is selection else {0, 1, 7}
+        return 0.05 if needed <= kept else 1.0
+
+    monkeypatch.setattr(importlib.import_module("circuitlab.prune"), "calibrated_loss", fake_loss)
+    units, found = search_units(masks, selection, PruneConfig(), check)
+    assert found["units"] == 2 and found["removed_by_cleanup"] == 0
+    assert found["units_added_by_check"] == 6 and found["added_units_removed_by_cleanup"] == 5
+    assert units == [0, 1, 7]

@@ -197,45 +197,130 @@ class MaskedEvaluator:
     """Task losses of one batch under fixed node masks, with and without a fitted calibration.
 
     The candidate logits of each forward pass are all that is kept, so a calibration can be fitted and a
-    loss computed for the price of one pass. `passes` counts the passes over the whole batch: they are most of
-    a pruning run's time.
+    loss computed for the price of one pass. `passes` counts passes over the whole batch (a pass that stopped
+    early counts the share it ran): they are most of a pruning run's time.
+
+    **Early rejection.** The pruner's search and cleanup try hundreds of masks, and most fail. A call that
+    passes `reject_above` measures the masks first on growing probes of the pairs (`probe_shares` of them,
+    drawn at random once per evaluator) and stops as soon as the loss is clearly above `reject_above`: its
+    estimate minus `reject_z` standard errors still lies above. The estimate is paired: the whole-batch loss of
+    the last masks such a call measured in full, plus the mean per-prompt change from them on the probe, which
+    is far less noisy than the probe's own mean when the two masks differ in a few nodes (the first such call
+    uses the probe's mean). A stopped call returns the probe's loss; masks that pass are always measured on the
+    whole batch, so every loss at or under `reject_above` is the whole batch's.
     """
 
-    def __init__(self, model: SparseTransformer, masks: NodeMasks, batch: TaskBatch):
+    def __init__(
+        self,
+        model: SparseTransformer,
+        masks: NodeMasks,
+        batch: TaskBatch,
+        probe_shares: tuple[float, ...] = (0.0625, 0.125, 0.25),
+        reject_z: float = 2.5,
+    ):
+        if len(batch) % 2:
+            raise ValueError(
+                f"the batch has {len(batch)} prompts; a MaskedEvaluator needs contrast pairs (a pair's two "
+                "prompts in adjacent rows), so an even number"
+            )
         self.model, self.masks, self.batch = model, masks, batch
-        self.passes = 0
-        self.buckets = length_buckets(batch)
-        self.target = torch.cat([b.target for b in self.buckets])
-        self.alternative = torch.cat([b.alternative for b in self.buckets])
+        self.reject_z = reject_z
+        self.passes = 0.0
+        self.rejected = 0  # calls stopped on a probe
+        self.references: dict[str, Tensor] = {}  # per-prompt losses of the last masks measured in full, per call
+        n_pairs = len(batch) // 2
+        order = torch.randperm(n_pairs, generator=torch.Generator().manual_seed(0))
+        bounds = sorted({b for b in (round(share * n_pairs) for share in probe_shares) if 0 < b < n_pairs})
+        bounds.append(n_pairs)
+        self.parts = [
+            length_buckets(select_rows(batch, pair_rows(order[a:b])))
+            for a, b in zip([0, *bounds[:-1]], bounds, strict=True)
+        ]
+        self.targets = [torch.cat([b.target for b in part]) for part in self.parts]
+        self.alternatives = [torch.cat([b.alternative for b in part]) for part in self.parts]
 
     @torch.no_grad()
-    def margins(self, node_masks: dict[str, Tensor] | None, invert: bool = False) -> Tensor:
-        """target minus alternative logit per prompt (bucket order) with `node_masks` applied (None: none)."""
-        self.passes += 1
+    def margins(self, node_masks: dict[str, Tensor] | None, invert: bool = False, parts: slice = slice(None)) -> Tensor:
+        """target minus alternative logit per prompt (part by part, each in bucket order) with `node_masks`
+        applied (None: none), over the given parts (default: all)."""
         out = []
-        for bucket in self.buckets:
-            if node_masks is None:
-                logits, _ = last_position_logits(self.model, bucket)
-            else:
-                self.masks.fixed = {k: 1 - v for k, v in node_masks.items()} if invert else node_masks
-                try:
-                    with self.model.hooks(fwd_hooks=self.masks.hooks()):
-                        logits, _ = last_position_logits(self.model, bucket)
-                finally:
-                    self.masks.fixed = None
-            rows = torch.arange(len(bucket))
-            out.append(logits[rows, 0, bucket.target] - logits[rows, 0, bucket.alternative])
+        for part in self.parts[parts]:
+            self.passes += sum(len(b) for b in part) / len(self.batch)
+            for bucket in part:
+                if node_masks is None:
+                    logits, _ = last_position_logits(self.model, bucket)
+                else:
+                    self.masks.fixed = {k: 1 - v for k, v in node_masks.items()} if invert else node_masks
+                    try:
+                        with self.model.hooks(fwd_hooks=self.masks.hooks()):
+                            logits, _ = last_position_logits(self.model, bucket)
+                    finally:
+                        self.masks.fixed = None
+                rows = torch.arange(len(bucket))
+                out.append(logits[rows, 0, bucket.target] - logits[rows, 0, bucket.alternative])
         return torch.cat(out)
 
-    def loss(self, node_masks: dict[str, Tensor] | None, calibration: Calibration | None = None, invert=False):
-        margins = self.margins(node_masks, invert)
-        if calibration is not None:
-            margins = calibration.margins(margins, self.target, self.alternative)
-        return torch.nn.functional.softplus(-margins).mean().item()
+    def loss(
+        self,
+        node_masks: dict[str, Tensor] | None,
+        calibration: Calibration | None = None,
+        invert: bool = False,
+        reject_above: float | None = None,
+    ) -> float:
+        """Mean task loss under `node_masks` (calibrated when a calibration is given); `reject_above`: stop early
+        when the loss is clearly above it (see the class)."""
 
-    def fit(self, node_masks: dict[str, Tensor]) -> tuple[float, Calibration]:
-        """The calibrated loss of `node_masks` on this batch and the calibration that reaches it."""
-        margins = self.margins(node_masks)
-        calibration = Calibration.fit(margins, self.target, self.alternative)
-        calibrated = calibration.margins(margins, self.target, self.alternative)
-        return torch.nn.functional.softplus(-calibrated).mean().item(), calibration
+        def per_prompt(margins: Tensor, parts: slice) -> tuple[Tensor, None]:
+            if calibration is not None:
+                margins = calibration.margins(margins, *self.candidates(parts))
+            return torch.nn.functional.softplus(-margins), None
+
+        losses, _ = self._measure(node_masks, invert, reject_above, per_prompt, "loss")
+        return losses.mean().item()
+
+    def fit(self, node_masks: dict[str, Tensor], reject_above: float | None = None) -> tuple[float, Calibration]:
+        """The calibrated loss of `node_masks` on this batch and the calibration that reaches it; `reject_above`:
+        stop early when the loss is clearly above it (then both come from the probe; see the class)."""
+
+        def per_prompt(margins: Tensor, parts: slice) -> tuple[Tensor, Calibration]:
+            calibration = Calibration.fit(margins, *self.candidates(parts))
+            return torch.nn.functional.softplus(-calibration.margins(margins, *self.candidates(parts))), calibration
+
+        losses, calibration = self._measure(node_masks, False, reject_above, per_prompt, "fit")
+        return losses.mean().item(), calibration
+
+    def candidates(self, parts: slice) -> tuple[Tensor, Tensor]:
+        """Target and alternative token per prompt of the given parts, in the order `margins` returns them."""
+        return torch.cat(self.targets[parts]), torch.cat(self.alternatives[parts])
+
+    def _measure(self, node_masks, invert: bool, reject_above: float | None, per_prompt: Callable, kind: str):
+        """Per-prompt losses (and what `per_prompt` returns beside them) on the whole batch, or on a probe that
+        is clearly above `reject_above`."""
+        margins, n_probes = [], len(self.parts) - 1 if reject_above is not None else 0
+        for i in range(n_probes):
+            margins.append(self.margins(node_masks, invert, slice(i, i + 1)))
+            losses, extra = per_prompt(torch.cat(margins), slice(0, i + 1))
+            assert reject_above is not None  # probes are measured only when there is something to reject
+            if self._clearly_above(losses, reject_above, self.references.get(kind)):
+                self.rejected += 1
+                return losses, extra
+        margins.append(self.margins(node_masks, invert, slice(n_probes, None)))
+        losses, extra = per_prompt(torch.cat(margins), slice(None))
+        if reject_above is not None:
+            self.references[kind] = losses
+        return losses, extra
+
+    def _clearly_above(self, losses: Tensor, threshold: float, reference: Tensor | None) -> bool:
+        """Whether the whole batch's loss is above `threshold` by `reject_z` standard errors, judged from the
+        probe's `losses` (paired with the `reference`'s on the same prompts when there is one)."""
+        if reference is None:
+            estimate, spread = losses.mean(), losses.std()
+        else:
+            change = losses - reference[: len(losses)]
+            estimate, spread = reference.mean() + change.mean(), change.std()
+        return bool(estimate - self.reject_z * spread / len(losses) ** 0.5 > threshold)
+
+
+def pair_rows(pairs: Tensor) -> Tensor:
+    """Batch rows of the given pairs (a pair's two prompts are adjacent rows), pair by pair."""
+    return torch.stack([2 * pairs, 2 * pairs + 1], dim=1).flatten()

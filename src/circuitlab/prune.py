@@ -46,6 +46,7 @@ from circuitlab.masks import (
     check_token_range,
     last_position_logits,
     length_buckets,
+    pair_rows,
     select_rows,
 )
 from circuitlab.model import SparseTransformer
@@ -234,7 +235,9 @@ def prune_targets(
             target_cfg = replace(cfg, target_loss=target)
             units, found, removed_edges = list(range(masks.n_units)), dict[str, float](), list[tuple[Node, Node]]()
             if full_model_loss <= target or not cfg.skip_unsolved:
-                passes_before, start = selection.passes + (check.passes if check else 0), time.perf_counter()
+                evaluators = [selection] if check is None else [selection, check]
+                passes_before, start = sum(e.passes for e in evaluators), time.perf_counter()
+                stopped_before = sum(e.rejected for e in evaluators)
                 units, found = search_units(masks, selection, target_cfg, check)
                 if cfg.edge_cleanup and len(units) < masks.n_units:
                     kept = masks.node_masks(torch.tensor(units, dtype=torch.long))
@@ -242,7 +245,8 @@ def prune_targets(
                     found |= edges_found
                 found["seconds_masks"] = round(mask_seconds, 1)
                 found["seconds_search_and_cleanup"] = round(time.perf_counter() - start, 1)
-                found["passes"] = selection.passes + (check.passes if check else 0) - passes_before
+                found["passes"] = round(sum(e.passes for e in evaluators) - passes_before, 2)
+                found["trials_stopped_early"] = sum(e.rejected for e in evaluators) - stopped_before
             node_masks = masks.node_masks(torch.tensor(units, dtype=torch.long))
             bool_masks = {name: mask.bool() for name, mask in node_masks.items()}
             with edges_ablated(model, removed_edges, means):
@@ -278,19 +282,17 @@ def search_units(
     selection pairs (calibrated), then greedy removal of units it can do without, confirmed on the `check`
     pairs (`discretize.confirmed_removals`). If even the search's own k misses the target on the check pairs
     (k was chosen where the selection pairs' noise made it cross), the next units of the ranking are added, as
-    few as reach it there. Returns the units kept (most needed first) and what each stage found."""
-    ranking = masks.ranking()
-    k = smallest_sufficient(
-        lambda k: selection.fit(masks.node_masks(ranking[:k]))[0], cfg.search_target, masks.n_units, cfg.scan_ratio
-    )
-    units = ranking[:k].tolist()
-    found = {"units": k, "nodes": int(sum(m.sum() for m in masks.node_masks(ranking[:k]).values()))}
+    few as reach it there, and those the check pairs can do without are removed again (greedy cleanup judged
+    on them). Returns the units kept (most needed first) and what each stage found."""
 
     def loss_of(kept: list[int], on: MaskedEvaluator = selection) -> float:
-        """Calibrated on the selection pairs, measured `on` the given pairs."""
-        node_masks = masks.node_masks(torch.tensor(kept, dtype=torch.long))
-        selection_loss, calibration = selection.fit(node_masks)
-        return selection_loss if on is selection else on.loss(node_masks, calibration)
+        """Calibrated on the selection pairs, measured `on` the given pairs (early rejection at the target)."""
+        return calibrated_loss(selection, masks.node_masks(torch.tensor(kept, dtype=torch.long)), cfg, on)
+
+    ranking = masks.ranking().tolist()
+    k = smallest_sufficient(lambda k: loss_of(ranking[:k]), cfg.search_target, masks.n_units, cfg.scan_ratio)
+    units = ranking[:k]
+    found = {"units": k, "nodes": int(sum(m.sum() for m in masks.node_masks(torch.tensor(units).long()).values()))}
 
     if cfg.cleanup and k < masks.n_units:
 
@@ -306,12 +308,22 @@ def search_units(
         units = [u for u in units if u not in set(removed)]
         found["removed_by_cleanup"] = len(removed)
     if check is not None and k < masks.n_units:
-        rest = [u for u in ranking.tolist() if u not in set(units)]
+        rest = [u for u in ranking if u not in set(units)]
         added = smallest_sufficient(
             lambda n: loss_of(units + rest[:n], on=check), cfg.search_target, len(rest), cfg.scan_ratio
         )
-        units += rest[:added]
         found["units_added_by_check"] = added
+        added_units = rest[:added]
+        if cfg.cleanup and added_units:  # a prefix of the ranking can hold more than the check pairs need
+            base = list(units)
+
+            def loss_without_added(gone: frozenset[int]) -> float:
+                return loss_of(base + [u for u in added_units if u not in gone], on=check)
+
+            cleaned = greedy_cleanup(added_units[::-1], loss_without_added, cfg.search_target, cfg.cleanup_trials)
+            found["added_units_removed_by_cleanup"] = len(cleaned.removed)
+            added_units = [u for u in added_units if u not in set(cleaned.removed)]
+        units += added_units
     return units, found
 
 
@@ -332,8 +344,7 @@ def cleanup_edges(
 
     def loss_without(gone: frozenset[int], on: MaskedEvaluator = selection) -> float:
         with edges_ablated(model, [links[i] for i in sorted(gone)], means):
-            selection_loss, calibration = selection.fit(node_masks)
-            return selection_loss if on is selection else on.loss(node_masks, calibration)
+            return calibrated_loss(selection, node_masks, cfg, on)
 
     _, removed, unsettled = greedy_cleanup(list(range(len(links))), loss_without, cfg.search_target, cfg.cleanup_trials)
     found = {"edges_unsettled_by_cleanup": unsettled}
@@ -343,6 +354,17 @@ def cleanup_edges(
         removed = confirmed
     found["removed_edges"] = len(removed)
     return [links[i] for i in removed], found
+
+
+def calibrated_loss(
+    selection: MaskedEvaluator, node_masks: dict[str, Tensor], cfg: PruneConfig, on: MaskedEvaluator
+) -> float:
+    """The loss of `node_masks` `on` one pair set, calibrated on the selection pairs, as stages 2-4 judge it: a
+    trial whose probe is clearly above the search target is rejected without its whole pass (`MaskedEvaluator`)."""
+    if on is selection:
+        return selection.fit(node_masks, reject_above=cfg.search_target)[0]
+    _, calibration = selection.fit(node_masks)
+    return on.loss(node_masks, calibration, reject_above=cfg.search_target)
 
 
 def learning_rate(step: int, cfg: PruneConfig) -> float:
@@ -365,8 +387,8 @@ def train_masks(
     history = []
     for step in tqdm(range(cfg.steps), desc=desc, disable=not progress):
         first = (step * cfg.pairs_per_step) % n_pairs
-        pair_rows = (torch.arange(cfg.pairs_per_step) + first) % n_pairs
-        batch = select_rows(train, torch.stack([2 * pair_rows, 2 * pair_rows + 1], dim=1).flatten())
+        pairs = (torch.arange(cfg.pairs_per_step) + first) % n_pairs
+        batch = select_rows(train, pair_rows(pairs))
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, cfg)
         with model.hooks(fwd_hooks=masks.hooks()):
