@@ -225,9 +225,21 @@ def test_early_rejection_pairs_the_probe_with_the_last_masks_measured_in_full(ti
     evaluator = MaskedEvaluator(tiny_model, masks, batch)
     reference = torch.tensor([0.01, 0.19] * 8)
     probe = reference[:4] + 0.05
-    assert not evaluator._clearly_above(probe, 0.12, reference=None)
-    assert evaluator._clearly_above(probe, 0.12, reference=reference)
-    assert not evaluator._clearly_above(probe, 0.16, reference=reference)
+    assert evaluator._estimate_if_clearly_above(probe, 0.12, reference=None) is None
+    assert evaluator._estimate_if_clearly_above(probe, 0.12, reference=reference) == pytest.approx(0.15)
+    assert evaluator._estimate_if_clearly_above(probe, 0.16, reference=reference) is None
+    # A probe of easy prompts: its own mean (0.06) is under the threshold, the paired estimate (0.28) is not, and
+    # a stopped call must report the estimate, or its caller would take the trial for a success.
+    reference = torch.tensor([0.01] * 4 + [0.3] * 12)
+    assert evaluator._estimate_if_clearly_above(reference[:4] + 0.05, 0.2, reference) == pytest.approx(0.2775)
+    # The same through a real call: the reference agrees with the masks on the first probe and is 10 elsewhere.
+    everything = masks.node_masks(torch.arange(masks.n_units))
+    probe = torch.nn.functional.softplus(-evaluator.margins(everything, parts=slice(0, 1)))
+    evaluator.references["loss"] = torch.cat([probe, torch.full((len(batch) - len(probe),), 10.0)])
+    threshold = probe.mean().item() + 1.0
+    stopped = evaluator.loss(everything, reject_above=threshold)
+    assert evaluator.rejected == 1 and stopped == pytest.approx(evaluator.references["loss"].mean().item())
+    assert stopped > threshold
 
 
 @pytest.mark.slow

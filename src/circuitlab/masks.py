@@ -206,8 +206,9 @@ class MaskedEvaluator:
     estimate minus `reject_z` standard errors still lies above. The estimate is paired: the whole-batch loss of
     the last masks such a call measured in full, plus the mean per-prompt change from them on the probe, which
     is far less noisy than the probe's own mean when the two masks differ in a few nodes (the first such call
-    uses the probe's mean). A stopped call returns the probe's loss; masks that pass are always measured on the
-    whole batch, so every loss at or under `reject_above` is the whole batch's.
+    uses the probe's mean). A stopped call returns that estimate, which lies above `reject_above` (the probe's
+    own mean may not); masks that pass are always measured on the whole batch, so every loss at or under
+    `reject_above` is the whole batch's.
     """
 
     def __init__(
@@ -301,24 +302,27 @@ class MaskedEvaluator:
             margins.append(self.margins(node_masks, invert, slice(i, i + 1)))
             losses, extra = per_prompt(torch.cat(margins), slice(0, i + 1))
             assert reject_above is not None  # probes are measured only when there is something to reject
-            if self._clearly_above(losses, reject_above, self.references.get(kind)):
+            estimate = self._estimate_if_clearly_above(losses, reject_above, self.references.get(kind))
+            if estimate is not None:
                 self.rejected += 1
-                return losses, extra
+                return torch.full_like(losses, estimate), extra
         margins.append(self.margins(node_masks, invert, slice(n_probes, None)))
         losses, extra = per_prompt(torch.cat(margins), slice(None))
         if reject_above is not None:
             self.references[kind] = losses
         return losses, extra
 
-    def _clearly_above(self, losses: Tensor, threshold: float, reference: Tensor | None) -> bool:
-        """Whether the whole batch's loss is above `threshold` by `reject_z` standard errors, judged from the
-        probe's `losses` (paired with the `reference`'s on the same prompts when there is one)."""
+    def _estimate_if_clearly_above(self, losses: Tensor, threshold: float, reference: Tensor | None) -> float | None:
+        """The whole batch's loss estimated from the probe's per-prompt `losses` (paired with the `reference`'s on
+        the same prompts when there is one), when it lies above `threshold` by `reject_z` standard errors; else
+        None."""
         if reference is None:
             estimate, spread = losses.mean(), losses.std()
         else:
             change = losses - reference[: len(losses)]
             estimate, spread = reference.mean() + change.mean(), change.std()
-        return bool(estimate - self.reject_z * spread / len(losses) ** 0.5 > threshold)
+        clearly_above = bool(estimate - self.reject_z * spread / len(losses) ** 0.5 > threshold)
+        return estimate.item() if clearly_above else None
 
 
 def pair_rows(pairs: Tensor) -> Tensor:
