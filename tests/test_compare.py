@@ -4,8 +4,10 @@ import pandas as pd
 import pytest
 import torch
 
+from circuitlab import SparseTransformer, tasks
 from circuitlab.circuit import Circuit
-from circuitlab.compare import geometric_mean, seed_spread, size_comparison, size_vs_target
+from circuitlab.compare import FRESH_SEED, fresh_loss, geometric_mean, seed_spread, size_comparison, size_vs_target
+from circuitlab.paths import CHECKPOINTS_DIR, CIRCUITS_DIR
 
 
 def counted_circuit(name: str, n_nodes: int, n_edges: int, task_loss: float) -> Circuit:
@@ -63,3 +65,17 @@ def test_size_vs_target_averages_over_tasks_both_full_models_solve_at_each_targe
 
 def test_a_circuit_of_no_edges_counts_as_one_in_the_geometric_mean():
     assert geometric_mean([0, 16]) == pytest.approx(4.0) and geometric_mean([]) != geometric_mean([])
+
+
+def test_fresh_loss_weighs_each_draw_by_its_pairs_and_seed_spread_reports_it():
+    model = SparseTransformer.from_pretrained(CHECKPOINTS_DIR / "sparse")
+    circuit = Circuit.load(CIRCUITS_DIR / "sparse" / "single_double_quote", model)
+    task = tasks.get(circuit.task_name)
+    draws = [
+        task.batch(model.tokenizer, "test", n, seed=FRESH_SEED + i, n_ctx=model.cfg.n_ctx)
+        for i, n in ((0, 40), (1, 20))
+    ]
+    expected = (40 * circuit.loss(model, draws[0]) + 20 * circuit.loss(model, draws[1])) / 60
+    assert fresh_loss(circuit, model, n_pairs=60, chunk=40) == pytest.approx(expected)
+    table = seed_spread({"seed 0": {"q": circuit}}, model, fresh_pairs=60)
+    assert table.loc["q", "seed 0 fresh loss"] == pytest.approx(round(fresh_loss(circuit, model, 60), 4))

@@ -6,7 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from circuitlab import tasks
 from circuitlab.circuit import Circuit
+from circuitlab.model import SparseTransformer
 
 
 def geometric_mean(sizes) -> float:
@@ -40,9 +42,27 @@ def size_comparison(sparse: dict[str, Circuit], dense: dict[str, Circuit]) -> tu
     return table, geometric_mean(table[table.solved].edge_ratio)
 
 
-def seed_spread(runs: dict[str, dict[str, Circuit]]) -> pd.DataFrame:
+FRESH_SEED = 10_000  # pair draws no pruning run uses (runs draw theirs with their own seed, 0, 1, 2, ...)
+
+
+def fresh_loss(circuit: Circuit, model: SparseTransformer, n_pairs: int = 2000, chunk: int = 400) -> float:
+    """The circuit's task loss on `n_pairs` freshly drawn pairs of its task's test split, in draws of `chunk`
+    pairs (seeds from `FRESH_SEED` on): a check on the 400 test pairs a circuit reports, which move from draw to
+    draw by a few hundredths on their own."""
+    task, losses = tasks.get(circuit.task_name), []
+    for i, start in enumerate(range(0, n_pairs, chunk)):
+        size = min(chunk, n_pairs - start)
+        batch = task.batch(model.tokenizer, "test", size, seed=FRESH_SEED + i, n_ctx=model.cfg.n_ctx)
+        losses.append(circuit.loss(model, batch) * size)
+    return sum(losses) / n_pairs
+
+
+def seed_spread(
+    runs: dict[str, dict[str, Circuit]], model: SparseTransformer | None = None, fresh_pairs: int = 2000
+) -> pd.DataFrame:
     """One row per task pruned in every run (`runs`: label -> task -> circuit, e.g. one label per seed): each run's
-    nodes, edges and held-out loss, the largest over the smallest size, and whether every run met its target."""
+    nodes, edges and held-out loss (and, given the `model`, its `fresh_loss` on `fresh_pairs` pairs), the largest
+    over the smallest size, and whether every run met its target on its test pairs."""
     labels = list(runs)
     shared = sorted(set.intersection(*(set(circuits) for circuits in runs.values()))) if runs else []
     rows = []
@@ -52,6 +72,8 @@ def seed_spread(runs: dict[str, dict[str, Circuit]]) -> pd.DataFrame:
         for label, circuit in zip(labels, circuits, strict=True):
             row |= {f"{label} nodes": circuit.n_nodes, f"{label} edges": circuit.n_edges}
             row[f"{label} loss"] = round(circuit.task_loss, 4)
+            if model is not None:
+                row[f"{label} fresh loss"] = round(fresh_loss(circuit, model, fresh_pairs), 4)
         nodes, edges = [c.n_nodes for c in circuits], [c.n_edges for c in circuits]
         row["node_ratio"] = max(nodes) / max(1, min(nodes))
         row["edge_ratio"] = max(edges) / max(1, min(edges))
