@@ -8,13 +8,12 @@ import pytest
 import torch
 
 from circuitlab import SparseTransformer, prune, tasks
-from circuitlab.circuit import Calibration, Circuit, node_shapes
+from circuitlab.circuit import Calibration, Circuit, last_position_logits, node_shapes
 from circuitlab.discretize import confirmed_removals, geometric_grid, greedy_cleanup, smallest_sufficient
 from circuitlab.masks import (
     HeavisideSigmoidGrad,
     MaskedEvaluator,
     ablation_values,
-    last_position_logits,
     length_buckets,
     select_rows,
 )

@@ -35,7 +35,7 @@ from torch import Tensor
 
 from circuitlab.checkpoint import write_atomic, write_text_atomic
 from circuitlab.model import HEAD_LOCATIONS, NODE_LOCATIONS, SparseTransformer
-from circuitlab.tasks import task_loss
+from circuitlab.tasks import TaskBatch, task_loss
 
 LOCATION_OF_HOOK = {template.split("{layer}.")[1]: location for location, template in NODE_LOCATIONS.items()}
 LOCATION_RANK = {location: rank for rank, location in enumerate(NODE_LOCATIONS)}  # forward-pass order
@@ -99,6 +99,15 @@ def keep_or_ablate(activation: Tensor, keep: Tensor, value: Tensor) -> Tensor:
     """A node location's output under a 0/1 `keep` mask over its channels: the activation where kept, the
     ablation `value` elsewhere (the rule of circuits and of pruning's masks alike)."""
     return activation * keep + value * (1 - keep)
+
+
+def last_position_logits(model: SparseTransformer, batch: TaskBatch) -> tuple[Tensor, TaskBatch]:
+    """Logits at each prompt's last position only ([n, 1, vocab]) and the batch re-indexed to match: the
+    unembedding of every other position would be wasted work."""
+    resid = model(batch.tokens, stop_at=model.residual_sites[-1])
+    rows = torch.arange(len(batch))
+    logits = model.unembed_resid(resid[rows, batch.last][:, None], batch.tokens[rows, batch.last][:, None])
+    return logits, TaskBatch(batch.tokens, torch.zeros_like(batch.last), batch.target, batch.alternative)
 
 
 @dataclass(frozen=True)
@@ -263,11 +272,15 @@ class Circuit:
     def loss(self, model: SparseTransformer, batch, invert: bool = False, calibrated: bool = True) -> float:
         """Task loss on `batch` with everything outside the circuit ablated, calibrated as the circuit was
         fitted (or, with invert, the circuit itself ablated; no calibration then)."""
-        with edges_ablated(model, [] if invert else self.removed_edges, self.ablation_values):
-            logits = model.run_with_hooks(batch.tokens, fwd_hooks=self.hooks(invert))
+        with (
+            torch.no_grad(),
+            edges_ablated(model, [] if invert else self.removed_edges, self.ablation_values),
+            model.hooks(fwd_hooks=self.hooks(invert)),
+        ):
+            logits, at_last = last_position_logits(model, batch)
         if calibrated and not invert:
             logits = self.calibration.apply(logits)
-        return task_loss(logits, batch).item()
+        return task_loss(logits, at_last).item()
 
     def to_model(self, model: SparseTransformer) -> SparseTransformer:
         """A standalone copy of `model` in which every pruned node is its constant (permanent hooks), every

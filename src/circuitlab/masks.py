@@ -11,7 +11,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from circuitlab.circuit import Calibration, keep_or_ablate, node_shapes
+from circuitlab.circuit import Calibration, keep_or_ablate, last_position_logits, node_shapes
 from circuitlab.model import SparseTransformer
 from circuitlab.tasks import TaskBatch
 
@@ -182,15 +182,6 @@ def length_buckets(batch: TaskBatch, n_buckets: int = 4) -> list[TaskBatch]:
     """The batch split into groups of similar prompt length, so little compute is spent on padding."""
     order = batch.last.argsort()
     return [select_rows(batch, rows) for rows in order.tensor_split(min(n_buckets, len(order)))]
-
-
-def last_position_logits(model: SparseTransformer, batch: TaskBatch) -> tuple[Tensor, TaskBatch]:
-    """Logits at each prompt's last position only ([n, 1, vocab]) and the batch re-indexed to match: the
-    unembedding of every other position would be wasted work."""
-    resid = model(batch.tokens, stop_at=model.residual_sites[-1])
-    rows = torch.arange(len(batch))
-    logits = model.unembed_resid(resid[rows, batch.last][:, None], batch.tokens[rows, batch.last][:, None])
-    return logits, TaskBatch(batch.tokens, torch.zeros_like(batch.last), batch.target, batch.alternative)
 
 
 class MaskedEvaluator:

@@ -35,7 +35,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from circuitlab import settings, tasks
-from circuitlab.circuit import Circuit, Node, circuit_edges, edges_ablated
+from circuitlab.circuit import Circuit, Node, circuit_edges, edges_ablated, last_position_logits
 from circuitlab.corpus import TokenSampler, load_token_streams
 from circuitlab.discretize import confirmed_removals, greedy_cleanup, smallest_sufficient
 from circuitlab.masks import (
@@ -44,7 +44,6 @@ from circuitlab.masks import (
     NodeMasks,
     ablation_values,
     check_token_range,
-    last_position_logits,
     length_buckets,
     pair_rows,
     select_rows,
