@@ -14,13 +14,11 @@ from circuitlab.masks import (
     HeavisideSigmoidGrad,
     MaskedEvaluator,
     ablation_values,
-    length_buckets,
-    select_rows,
 )
 from circuitlab.paths import CHECKPOINTS_DIR, CIRCUITS_DIR
 from circuitlab.prune import PruneConfig, PrunePairs, loss_vs_nodes, search_units
 from circuitlab.settings import SettingsError
-from circuitlab.tasks import task_loss
+from circuitlab.tasks import length_buckets, select_rows, task_loss
 
 
 def test_heaviside_forward_sigmoid_derivative_backward_with_temperature():

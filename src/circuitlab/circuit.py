@@ -35,7 +35,7 @@ from torch import Tensor
 
 from circuitlab.checkpoint import write_atomic, write_text_atomic
 from circuitlab.model import HEAD_LOCATIONS, NODE_LOCATIONS, SparseTransformer
-from circuitlab.tasks import TaskBatch, task_loss
+from circuitlab.tasks import TaskBatch, length_buckets, task_loss
 
 LOCATION_OF_HOOK = {template.split("{layer}.")[1]: location for location, template in NODE_LOCATIONS.items()}
 LOCATION_RANK = {location: rank for rank, location in enumerate(NODE_LOCATIONS)}  # forward-pass order
@@ -272,15 +272,18 @@ class Circuit:
     def loss(self, model: SparseTransformer, batch, invert: bool = False, calibrated: bool = True) -> float:
         """Task loss on `batch` with everything outside the circuit ablated, calibrated as the circuit was
         fitted (or, with invert, the circuit itself ablated; no calibration then)."""
+        total = 0.0
         with (
             torch.no_grad(),
             edges_ablated(model, [] if invert else self.removed_edges, self.ablation_values),
             model.hooks(fwd_hooks=self.hooks(invert)),
         ):
-            logits, at_last = last_position_logits(model, batch)
-        if calibrated and not invert:
-            logits = self.calibration.apply(logits)
-        return task_loss(logits, at_last).item()
+            for bucket in length_buckets(batch):  # prompts of similar length: little compute spent on padding
+                logits, at_last = last_position_logits(model, bucket)
+                if calibrated and not invert:
+                    logits = self.calibration.apply(logits)
+                total += task_loss(logits, at_last, reduction="sum").item()
+        return total / len(batch)
 
     def to_model(self, model: SparseTransformer) -> SparseTransformer:
         """A standalone copy of `model` in which every pruned node is its constant (permanent hooks), every

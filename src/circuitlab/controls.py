@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from circuitlab.circuit import Circuit, circuit_edges
-from circuitlab.masks import MaskedEvaluator, NodeMasks, select_rows
+from circuitlab.masks import MaskedEvaluator, NodeMasks
 from circuitlab.model import SparseTransformer
 from circuitlab.prune import (
     PRETRAINING_ROWS,
@@ -39,7 +39,7 @@ from circuitlab.prune import (
     unit_attribution,
 )
 from circuitlab.sparsity import project_topk_
-from circuitlab.tasks import Task, relabelled
+from circuitlab.tasks import Task, relabelled, select_rows
 
 CHANCE_LOSS = math.log(2)  # per-prompt loss of a circuit that cannot tell a pair's two prompts apart
 

@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 from circuitlab.circuit import Calibration, keep_or_ablate, last_position_logits, node_shapes
 from circuitlab.model import SparseTransformer
-from circuitlab.tasks import TaskBatch
+from circuitlab.tasks import TaskBatch, length_buckets, select_rows
 
 ABLATIONS = ("mean", "zero", "task_mean")
 
@@ -167,21 +167,6 @@ class NodeMasks(nn.Module):
         with torch.no_grad():
             for name in self.names:
                 self.scores[self.param_of[name]].copy_(saved[name])
-
-
-def select_rows(batch: TaskBatch, rows: Tensor) -> TaskBatch:
-    """The given rows of a batch, with the padding columns none of them needs cut off."""
-    last = batch.last[rows]
-    points = [batch.datapoints[i] for i in rows.tolist()] if batch.datapoints else []
-    return TaskBatch(
-        batch.tokens[rows, : int(last.max()) + 1], last, batch.target[rows], batch.alternative[rows], points
-    )
-
-
-def length_buckets(batch: TaskBatch, n_buckets: int = 4) -> list[TaskBatch]:
-    """The batch split into groups of similar prompt length, so little compute is spent on padding."""
-    order = batch.last.argsort()
-    return [select_rows(batch, rows) for rows in order.tensor_split(min(n_buckets, len(order)))]
 
 
 class MaskedEvaluator:

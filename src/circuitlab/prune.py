@@ -44,12 +44,10 @@ from circuitlab.masks import (
     NodeMasks,
     ablation_values,
     check_token_range,
-    length_buckets,
     pair_rows,
-    select_rows,
 )
 from circuitlab.model import SparseTransformer
-from circuitlab.tasks import Task, TaskBatch, task_loss
+from circuitlab.tasks import Task, TaskBatch, length_buckets, select_rows, task_loss
 
 PRETRAINING_ROWS = 64  # rows of [n_ctx] validation text that "mean" ablation averages over
 

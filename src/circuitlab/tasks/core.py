@@ -87,6 +87,21 @@ class TaskBatch:
 # ------------------------------------------------------------------------------------------------ splits
 
 
+def select_rows(batch: TaskBatch, rows: Tensor) -> TaskBatch:
+    """The given rows of a batch, with the padding columns none of them needs cut off."""
+    last = batch.last[rows]
+    points = [batch.datapoints[i] for i in rows.tolist()] if batch.datapoints else []
+    return TaskBatch(
+        batch.tokens[rows, : int(last.max()) + 1], last, batch.target[rows], batch.alternative[rows], points
+    )
+
+
+def length_buckets(batch: TaskBatch, n_buckets: int = 4) -> list[TaskBatch]:
+    """The batch split into groups of similar prompt length, so little compute is spent on padding."""
+    order = batch.last.argsort()
+    return [select_rows(batch, rows) for rows in order.tensor_split(min(n_buckets, len(order)))]
+
+
 def prompt_split(prompt: str) -> str:
     """The split ("train" or "test") of a prompt, from the sha1 of its text alone: every task and the synthetic
     corpus agree on it."""
