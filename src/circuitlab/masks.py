@@ -7,6 +7,7 @@ set of 0/1 masks on one batch of contrast pairs, calibrated or not, for the pric
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -270,7 +271,14 @@ class MaskedEvaluator:
         """Target and alternative token per prompt of the given parts, in the order `margins` returns them."""
         return torch.cat(self.targets[parts]), torch.cat(self.alternatives[parts])
 
-    def _measure(self, node_masks, invert: bool, reject_above: float | None, per_prompt: Callable, kind: str):
+    def _measure(
+        self,
+        node_masks: dict[str, Tensor] | None,
+        invert: bool,
+        reject_above: float | None,
+        per_prompt: Callable[[Tensor, slice], tuple[Tensor, Any]],
+        kind: str,
+    ) -> tuple[Tensor, Any]:
         """Per-prompt losses (and what `per_prompt` returns beside them) on the whole batch, or on a probe that
         is clearly above `reject_above`."""
         margins, n_probes = [], len(self.parts) - 1 if reject_above is not None else 0
