@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from circuitlab.circuit import Calibration, keep_or_ablate, last_position_logits, node_shapes
 from circuitlab.model import SparseTransformer
-from circuitlab.tasks import TaskBatch, length_buckets, select_rows
+from circuitlab.tasks import TaskBatch, length_buckets, pair_rows, select_rows
 
 ABLATIONS = ("mean", "zero", "task_mean")
 
@@ -261,8 +261,9 @@ class MaskedEvaluator:
         stop early when the loss is clearly above it (then both come from the probe; see the class)."""
 
         def per_prompt(margins: Tensor, parts: slice) -> tuple[Tensor, Calibration]:
-            calibration = Calibration.fit(margins, *self.candidates(parts))
-            return torch.nn.functional.softplus(-calibration.margins(margins, *self.candidates(parts))), calibration
+            target, alternative = self.candidates(parts)
+            calibration = Calibration.fit(margins, target, alternative)
+            return torch.nn.functional.softplus(-calibration.margins(margins, target, alternative)), calibration
 
         losses, calibration = self._measure(node_masks, False, reject_above, per_prompt, "fit")
         return losses.mean().item(), calibration
@@ -307,8 +308,3 @@ class MaskedEvaluator:
             estimate, spread = reference.mean() + change.mean(), change.std()
         clearly_above = bool(estimate - self.reject_z * spread / len(losses) ** 0.5 > threshold)
         return estimate.item() if clearly_above else None
-
-
-def pair_rows(pairs: Tensor) -> Tensor:
-    """Batch rows of the given pairs (a pair's two prompts are adjacent rows), pair by pair."""
-    return torch.stack([2 * pairs, 2 * pairs + 1], dim=1).flatten()

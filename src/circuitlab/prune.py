@@ -44,10 +44,9 @@ from circuitlab.masks import (
     NodeMasks,
     ablation_values,
     check_token_range,
-    pair_rows,
 )
 from circuitlab.model import SparseTransformer
-from circuitlab.tasks import Task, TaskBatch, length_buckets, select_rows, task_loss
+from circuitlab.tasks import Task, TaskBatch, length_buckets, pair_rows, select_rows, task_loss
 
 PRETRAINING_ROWS = 64  # rows of [n_ctx] validation text that "mean" ablation averages over
 
@@ -289,7 +288,10 @@ def search_units(
     ranking = masks.ranking().tolist()
     k = smallest_sufficient(lambda k: loss_of(ranking[:k]), cfg.search_target, masks.n_units, cfg.scan_ratio)
     units = ranking[:k]
-    found = {"units": k, "nodes": int(sum(m.sum() for m in masks.node_masks(torch.tensor(units).long()).values()))}
+    found = {
+        "units": k,
+        "nodes": int(sum(m.sum() for m in masks.node_masks(torch.tensor(units, dtype=torch.long)).values())),
+    }
 
     if cfg.cleanup and k < masks.n_units:
 

@@ -96,6 +96,11 @@ def select_rows(batch: TaskBatch, rows: Tensor) -> TaskBatch:
     )
 
 
+def pair_rows(pairs: Tensor) -> Tensor:
+    """Batch rows of the given pairs (a pair's two prompts are adjacent rows), pair by pair."""
+    return torch.stack([2 * pairs, 2 * pairs + 1], dim=1).flatten()
+
+
 def length_buckets(batch: TaskBatch, n_buckets: int = 4) -> list[TaskBatch]:
     """The batch split into groups of similar prompt length, so little compute is spent on padding."""
     order = batch.last.argsort()
