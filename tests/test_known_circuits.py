@@ -13,6 +13,9 @@ the query token Q last; A is answered X and B is answered Y. The circuit, ten no
 Decoys: heads 0-2 and neurons 0-14 read filler features and write channels nothing reads; head 2 and
 neurons 11-14 also write a small signal into ANSWER. Every decoy and every known node sits *earlier* in hook
 order than some known node of its location, so a ranking that fell back to hook order would keep decoys first.
+
+`backup_path_model` adds a second, weaker path for stage 5 (necessity): head 1 finds the key token through
+channels of its own (KEY2, IDENTITY2, QUERY2) and writes its identity straight into ANSWER, seven nodes.
 """
 
 from __future__ import annotations
@@ -38,6 +41,8 @@ UNREAD = tuple(range(6))  # residual channels only decoys write and nothing read
 FEATURES = tuple(range(6, 10))  # filler-token features the decoys read
 ANCHOR, KEY, IDENTITY, QUERY, COPIED, ANSWER = range(10, 16)
 HEAD, NEURON = 3, 15
+BACKUP_HEAD, KEY2, IDENTITY2, QUERY2 = 1, UNREAD[2], UNREAD[3], UNREAD[4]
+BACKUP_STRENGTH = 0.5  # its weight into ANSWER: alone it moves the answer's logit by a quarter of the main path
 NOISE = 0.1  # the weight with which some decoys write into ANSWER
 
 CONFIG = SparseTransformerConfig(
@@ -65,6 +70,11 @@ KNOWN = {
     "blocks.0.hook_mlp_out": [ANSWER],
 }
 KNOWN_NODES = {(name, index) for name, indices in KNOWN.items() for index in indices}
+BACKUP_NODES = {
+    *(("blocks.0.hook_attn_read", channel) for channel in (KEY2, IDENTITY2, QUERY2)),
+    *((f"blocks.0.attn.hook_{x}", BACKUP_HEAD * CONFIG.d_head) for x in "qkv"),
+    ("blocks.0.hook_attn_out", ANSWER),
+}
 
 STEPS = 100
 PAPER_CENTRE = {"lr": 3e-3, "penalty": 1e-4}  # the paper's search centre (its Table 2) for these two
@@ -108,6 +118,22 @@ def known_circuit_model(seed: int = 0) -> SparseTransformer:
         mlp.W_out[neuron, UNREAD[neuron % 6]] = 1.0
         if neuron >= 11:
             mlp.W_out[neuron, ANSWER] = math.copysign(NOISE, draw())
+    return model
+
+
+@torch.no_grad()
+def backup_path_model() -> SparseTransformer:
+    """The known circuit's model with head 1's decoy replaced by the weaker second path of the module docstring."""
+    model = known_circuit_model()
+    W_E, attn = model.embed.W_E, model.blocks[0].attn
+    for W in (attn.W_Q, attn.W_K, attn.W_V, attn.W_O):
+        W[BACKUP_HEAD] = 0.0
+    W_E[[A, B], KEY2] = 1.0
+    W_E[A, IDENTITY2], W_E[B, IDENTITY2], W_E[Q, QUERY2] = 1.0, -1.0, 1.0
+    for i, token in enumerate(FILLERS):
+        W_E[token, IDENTITY2] = (-1.0) ** i
+    attn.W_Q[BACKUP_HEAD, QUERY2, 0], attn.W_K[BACKUP_HEAD, KEY2, 0] = 4.0, 4.0
+    attn.W_V[BACKUP_HEAD, IDENTITY2, 0], attn.W_O[BACKUP_HEAD, 0, ANSWER] = 1.0, BACKUP_STRENGTH
     return model
 
 
@@ -267,6 +293,24 @@ def test_ties_among_ablated_nodes_are_broken_by_attribution_not_hook_order(model
     assert set(ranking_at(model, pairs, ablation, -1.0, tiebreak=True)[:6]) < KNOWN_NODES
 
 
+@pytest.mark.parametrize("ablation", ["mean", "zero"])
+def test_a_path_the_circuit_leaves_outside_is_cut_so_that_ablating_the_circuit_costs_chance(pairs, ablation):
+    """Stage 5 (necessity). The smallest sufficient circuit is one of the two paths (the main one with mean
+    ablation, the shorter backup with zero ablation); ablating it leaves the other answering. The stage adds a
+    single node of the other path, which cuts it, and the circuit still reaches the target."""
+    model = backup_path_model()
+    without = run_pruner(model, pairs, ablation, necessity=False)
+    circuit = run_pruner(model, pairs, ablation)
+    assert node_set(without.masks) in (KNOWN_NODES, BACKUP_NODES)
+    assert without.necessity_loss < 0.2  # the control: without the stage the other path still answers
+    assert circuit.necessity_loss >= tasks.CHANCE_LOSS - 1e-3
+    added = node_set(circuit.masks) - node_set(without.masks)
+    assert node_set(circuit.masks) > node_set(without.masks) and len(added) == 1
+    assert added < (KNOWN_NODES | BACKUP_NODES)
+    assert circuit.search["units_added_for_necessity"] == 1 and circuit.search["necessity_reached"]
+    assert circuit.task_loss <= circuit.target_loss
+
+
 # --------------------------------------------------------------------------------------- the controls
 
 
@@ -279,9 +323,9 @@ def test_controls_on_trained_masks_stay_at_chance(model, pairs, control):
     circuit = run_pruner(subject, control_pairs, "mean", skip_unsolved=False, **PAPER_CENTRE)
     evaluation = controls.evaluate_trained_masks(subject, circuit, control_pairs)
     tolerance = 0.02
-    assert evaluation.trained_calibrated_loss >= controls.CHANCE_LOSS - tolerance
-    assert circuit.task_loss >= controls.CHANCE_LOSS - tolerance  # the search found no circuit either
-    assert evaluation.full_model_calibrated_loss >= controls.CHANCE_LOSS - tolerance
+    assert evaluation.trained_calibrated_loss >= tasks.CHANCE_LOSS - tolerance
+    assert circuit.task_loss >= tasks.CHANCE_LOSS - tolerance  # the search found no circuit either
+    assert evaluation.full_model_calibrated_loss >= tasks.CHANCE_LOSS - tolerance
 
 
 def test_nonsense_task_swaps_a_pairs_answers_exactly_when_the_rule_says():

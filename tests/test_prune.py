@@ -127,14 +127,16 @@ def test_prune_pairs_are_disjoint_held_out_prompts(tiny_model):
     assert torch.equal(unchecked.test.tokens, pairs.test.tokens)
 
 
-def test_a_circuit_saved_before_check_pairs_reads_as_unchecked():
+def test_a_circuit_saved_before_check_pairs_or_stage_5_reads_as_without_them():
     circuit = Circuit.load(CIRCUITS_DIR / "sparse" / "single_double_quote")
     circuit.config.pop("check_pairs", None)  # as saved before check pairs existed
+    circuit.config.pop("necessity", None)  # and before stage 5
     cfg = PruneConfig.of_circuit(circuit)
     assert cfg.check_pairs == 0  # re-running its method (the controls do) must not add a check it never had
+    assert not cfg.necessity
     assert cfg.test_pairs == circuit.config["test_pairs"]
-    circuit.config["check_pairs"] = 40
-    assert PruneConfig.of_circuit(circuit).check_pairs == 40
+    circuit.config.update(check_pairs=40, necessity=True)
+    assert PruneConfig.of_circuit(circuit).check_pairs == 40 and PruneConfig.of_circuit(circuit).necessity
 
 
 def test_prune_leaves_the_model_as_found_and_refuses_foreign_tokens(tiny_model):

@@ -102,11 +102,14 @@ def keep_or_ablate(activation: Tensor, keep: Tensor, value: Tensor) -> Tensor:
 
 
 def last_position_logits(model: SparseTransformer, batch: TaskBatch) -> tuple[Tensor, TaskBatch]:
-    """Logits at each prompt's last position only ([n, 1, vocab]) and the batch re-indexed to match: the
-    unembedding of every other position would be wasted work."""
-    resid = model(batch.tokens, stop_at=model.residual_sites[-1])
+    """Logits at each prompt's last position only ([n, 1, vocab]) and the batch re-indexed to match. The last
+    MLP sub-layer and the unembedding act on each position alone, so they run on the last positions only: on
+    every other position they would be wasted work."""
+    before_last_mlp = model.residual_sites[-2]
+    resid = model(batch.tokens, stop_at=before_last_mlp)
     rows = torch.arange(len(batch))
-    logits = model.unembed_resid(resid[rows, batch.last][:, None], batch.tokens[rows, batch.last][:, None])
+    last_tokens = batch.tokens[rows, batch.last][:, None]
+    logits = model(resid[rows, batch.last][:, None], start_at=before_last_mlp, tokens=last_tokens)
     return logits, TaskBatch(batch.tokens, torch.zeros_like(batch.last), batch.target, batch.alternative)
 
 

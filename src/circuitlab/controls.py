@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -40,9 +39,6 @@ from circuitlab.prune import (
 )
 from circuitlab.sparsity import project_topk_
 from circuitlab.tasks import Task, relabelled, select_rows
-
-CHANCE_LOSS = math.log(2)  # per-prompt loss of a circuit that cannot tell a pair's two prompts apart
-
 
 # ------------------------------------------------------------------------------------------ the controls
 
@@ -154,7 +150,7 @@ def run_controls(
 
 def control_table(runs: dict[str, ControlRun]) -> pd.DataFrame:
     """One row per control: the chosen circuit's size and held-out loss, then its trained masks' (see
-    `MaskEvaluation`). `task_loss` is calibrated, as every circuit's loss; compare both with `CHANCE_LOSS`."""
+    `MaskEvaluation`). `task_loss` is calibrated, as every circuit's loss; compare both with `tasks.CHANCE_LOSS`."""
     rows = {}
     for label, run in runs.items():
         summary = run.circuit.summary()

@@ -1,6 +1,6 @@
 """Find a task's circuit: learn a keep/ablate mask over nodes, then find the fewest nodes that suffice.
 
-The paper's method (its Appendix A.5), in four stages:
+The paper's method (its Appendix A.5) in stages 1-3, and what its authors did by hand, or not at all, in 4-5:
 
 1. **Masks.** Each node (one channel at one of the eight node locations of one layer) gets a score τ. The
    forward pass keeps a node when τ > 0 and otherwise replaces its activation by a constant (its mean over
@@ -15,6 +15,9 @@ The paper's method (its Appendix A.5), in four stages:
    it. A few hundred such choices on one pair set fit that set's noise, so the removals are then checked on
    *check* pairs, and the latest are undone until the circuit reaches the target there too; if even the
    search's k misses there, the next units of the ranking are added until it holds.
+5. **Necessity** (after the node cleanup, before the edges'). While ablating the circuit still leaves the loss
+   under chance (a backup path outside it carries the answer), the unit outside it whose ablation costs most is
+   added (`complete_necessity`).
 
 Four disjoint sets of pairs keep the numbers honest: mask training sees *train* pairs, stages 2–4 choose on
 *selection* pairs, the cleanup is confirmed on *check* pairs, and every loss a circuit reports is measured on
@@ -46,9 +49,10 @@ from circuitlab.masks import (
     check_token_range,
 )
 from circuitlab.model import SparseTransformer
-from circuitlab.tasks import Task, TaskBatch, length_buckets, pair_rows, select_rows, task_loss
+from circuitlab.tasks import CHANCE_LOSS, Task, TaskBatch, length_buckets, pair_rows, select_rows, task_loss
 
 PRETRAINING_ROWS = 64  # rows of [n_ctx] validation text that "mean" ablation averages over
+NECESSITY_CANDIDATES = 8  # units stage 5 tries per step, best attribution first, for one that keeps sufficiency
 
 
 @dataclass
@@ -76,6 +80,7 @@ class PruneConfig:
     selection_margin: float = 0.15  # stages 2-4 aim at target * (1 - margin), so circuits hold on fresh pairs
     scan_ratio: float = 2.0  # growth of the search's geometric scan over k
     cleanup: bool = True  # greedy removal of the nodes the search kept but the circuit can do without
+    necessity: bool = True  # stage 5: add units until ablating the circuit costs what chance does
     edge_cleanup: bool = True  # then the same for single weights (edges) between kept nodes
     cleanup_trials: int = 200  # most loss evaluations each cleanup may spend (dense circuits have thousands)
     seed: int = 0
@@ -101,8 +106,9 @@ class PruneConfig:
     @classmethod
     def of_circuit(cls, circuit: Circuit) -> PruneConfig:
         """The config of the pruning run that found `circuit` (checked like any other settings). Circuits saved
-        before check pairs existed were not checked: their config reads as `check_pairs=0`."""
-        config = {"check_pairs": 0, **circuit.config}
+        before check pairs existed were not checked: their config reads as `check_pairs=0`; those saved before
+        stage 5 existed read as `necessity=False`."""
+        config = {"check_pairs": 0, "necessity": False, **circuit.config}
         return settings.build(cls, config, source=f"the {circuit.task_name} circuit's config")
 
     @property
@@ -235,6 +241,9 @@ def prune_targets(
                 passes_before, start = sum(e.passes for e in evaluators), time.perf_counter()
                 stopped_before = sum(e.rejected for e in evaluators)
                 units, found = search_units(masks, selection, target_cfg, check)
+                if cfg.necessity and len(units) < masks.n_units:
+                    units, necessity_found = complete_necessity(model, masks, units, selection, target_cfg, check)
+                    found |= necessity_found
                 if cfg.edge_cleanup and len(units) < masks.n_units:
                     kept = masks.node_masks(torch.tensor(units, dtype=torch.long))
                     removed_edges, edges_found = cleanup_edges(model, kept, means, selection, target_cfg, check)
@@ -326,6 +335,49 @@ def search_units(
     return units, found
 
 
+def complete_necessity(
+    model: SparseTransformer,
+    masks: NodeMasks,
+    units: list[int],
+    selection: MaskedEvaluator,
+    cfg: PruneConfig,
+    check: MaskedEvaluator | None = None,
+) -> tuple[list[int], dict]:
+    """Stage 5: a circuit necessary as well as sufficient. The smallest sufficient circuit can leave a backup
+    path outside it (a second head that carries the same fact), and then ablating the circuit costs less than
+    chance. While it does, on the selection or the check pairs, add the unit outside the circuit whose ablation
+    raises that loss most to first order (`unit_attribution` at the inverted masks), the first of the
+    `NECESSITY_CANDIDATES` best that keeps the circuit sufficient on both; at most `cfg.cleanup_trials` units.
+    Where ablating every node costs less than chance (the embedding alone solves the task), that is the goal.
+    Returns the units kept (the added ones last) and what the stage found."""
+    evaluators = [selection] if check is None else [selection, check]
+    nothing = masks.node_masks(torch.tensor([], dtype=torch.long))
+    goals = [min(CHANCE_LOSS, evaluator.loss(nothing)) for evaluator in evaluators]
+
+    def necessary(kept: list[int]) -> bool:
+        node_masks = masks.node_masks(torch.tensor(kept, dtype=torch.long))
+        return all(e.loss(node_masks, invert=True) >= goal for e, goal in zip(evaluators, goals, strict=True))
+
+    def sufficient(kept: list[int]) -> bool:
+        node_masks = masks.node_masks(torch.tensor(kept, dtype=torch.long))
+        return all(calibrated_loss(selection, node_masks, cfg, on) <= cfg.search_target for on in evaluators)
+
+    added: list[int] = []
+    reached = necessary(units)
+    while not reached and len(added) < cfg.cleanup_trials:
+        kept = units + added
+        inverted = {name: 1 - mask for name, mask in masks.node_masks(torch.tensor(kept, dtype=torch.long)).items()}
+        gain = unit_attribution(model, masks, selection.batch, inverted)
+        gain[kept] = -torch.inf
+        outside = gain.argsort(descending=True)[: masks.n_units - len(kept)].tolist()
+        pick = next((unit for unit in outside[:NECESSITY_CANDIDATES] if sufficient(kept + [unit])), None)
+        if pick is None:
+            break
+        added.append(pick)
+        reached = necessary(units + added)
+    return units + added, {"units_added_for_necessity": len(added), "necessity_reached": reached}
+
+
 def cleanup_edges(
     model: SparseTransformer,
     node_masks: dict[str, Tensor],
@@ -404,11 +456,15 @@ def train_masks(
     return history
 
 
-def unit_attribution(model: SparseTransformer, masks: NodeMasks, batch: TaskBatch) -> Tensor:
-    """How much each unit's node(s) lower the task loss, to first order, under the trained discrete masks:
-    minus the gradient of the loss with respect to the 0/1 mask value (attribution patching on the mask)."""
-    units = (masks.unit_scores() > 0).nonzero().flatten()
-    fixed = {name: mask.requires_grad_() for name, mask in masks.node_masks(units).items()}
+def unit_attribution(
+    model: SparseTransformer, masks: NodeMasks, batch: TaskBatch, node_masks: dict[str, Tensor] | None = None
+) -> Tensor:
+    """How much each unit's node(s) lower the task loss, to first order, under `node_masks` (default: the
+    trained discrete masks): minus the gradient of the loss with respect to the 0/1 mask value (attribution
+    patching on the mask)."""
+    if node_masks is None:
+        node_masks = masks.node_masks((masks.unit_scores() > 0).nonzero().flatten())
+    fixed = {name: mask.clone().requires_grad_() for name, mask in node_masks.items()}
     masks.fixed = fixed
     try:
         with torch.enable_grad(), model.hooks(fwd_hooks=masks.hooks()):

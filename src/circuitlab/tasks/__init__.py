@@ -12,6 +12,7 @@ instances. The package exports the framework and the harvester; the code vocabul
 
 from circuitlab.tasks import brackets, control, definitions, strings, syntax, variables  # noqa: F401  (register)
 from circuitlab.tasks.core import (
+    CHANCE_LOSS,
     MAX_DRAWS_PER_PAIR,
     PAPER_TASKS,
     RENAMED,
@@ -44,6 +45,7 @@ from circuitlab.tasks.core import (
 from circuitlab.tasks.harvest import HARVESTED, harvest, harvest_source
 
 __all__ = [
+    "CHANCE_LOSS",
     "HARVESTED",
     "MAX_DRAWS_PER_PAIR",
     "PAPER_TASKS",

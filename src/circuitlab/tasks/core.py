@@ -14,6 +14,7 @@ training text.
 from __future__ import annotations
 
 import hashlib
+import math
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -281,6 +282,9 @@ def _candidate_logits(logits: Tensor, batch: TaskBatch) -> tuple[Tensor, Tensor]
         at_last.gather(1, batch.target.to(logits.device)[:, None])[:, 0],
         at_last.gather(1, batch.alternative.to(logits.device)[:, None])[:, 0],
     )
+
+
+CHANCE_LOSS = math.log(2)  # per-prompt loss of a model (or circuit) that cannot tell a pair's two prompts apart
 
 
 def task_loss(logits: Tensor, batch: TaskBatch, reduction: str = "mean") -> Tensor:
