@@ -33,6 +33,8 @@ from circuitlab.plotting import plot_bridge_report, plot_steering_curve
 from circuitlab.settings import SettingsError
 from circuitlab.sparsity import l0_schedule
 from circuitlab.steering import (
+    CHANNELS_FILE,
+    channel_ranking,
     channel_spread,
     load_steering,
     residual_site,
@@ -150,7 +152,16 @@ def test_steering_at_strength_zero_changes_nothing(tiny_pair):
     assert curve.loc[0.0, "dense"] == pytest.approx(plain, rel=1e-5)
     assert curve.loc[0.0, "random"] == pytest.approx(plain, rel=1e-5)
     assert 4 not in curve.attrs["random_channels"] and curve.attrs["prompts"] == 3
+    assert len(curve.attrs["random_channels"]) == 3
     assert set(steering_effect(curve)) == {"dense", "random", "sparse", "ratio_to_random"}
+    every = steering_curve(tiny_pair, node, circuit, pairs, strengths=(0.0, 1.0))  # the control over all of them
+    assert every.attrs["random_channels"] == [c for c in range(32) if c != 4]
+    ranking = channel_ranking(tiny_pair, node, circuit, pairs)
+    assert sorted(ranking.index) == list(range(32)) and ranking.steered.sum() == 1 and ranking.in_circuit.sum() == 1
+    assert ranking.loc[4, "dense_change"] == pytest.approx(every.loc[1.0, "dense"] - plain, abs=1e-6)
+    others = ranking.drop(index=4).dense_change
+    assert others.mean() == pytest.approx(every.loc[1.0, "random"] - plain, abs=1e-6)  # the control's mean
+    assert ranking.dense_change.is_monotonic_decreasing
 
 
 def test_l0_without_anneal_and_init_from(tiny_config, tmp_path):
@@ -254,6 +265,8 @@ def test_the_shipped_steering_is_complete_and_chose_its_first_ranked_node(tmp_pa
         assert curve.attrs["node"] == nodes.index[0] and curve.attrs["prompts"] > 100
         assert steering_effect(curve)["dense"] > 0  # the steered node moves the dense model toward the target
         spread = pd.read_csv(DATA_DIR / "steering" / task / SPREAD_FILE, index_col="site")
+        channels = pd.read_csv(DATA_DIR / "steering" / task / CHANNELS_FILE, index_col="channel")
+        assert channels.loc[channels.steered].index.tolist() == [Node.parse(curve.attrs["node"]).index]
         assert (spread.top_1_share <= spread.top_16_share).all()
     with pytest.raises(FileNotFoundError, match="holds no circuit folder"):
         make_steering(DATA_DIR / "bridges", tmp_path, tmp_path / "out")

@@ -4,9 +4,10 @@
 
 For each circuit folder under `--circuits` (pruned on the bridged sparse model of `--pair`), `steering.steer_task`
 ranks the circuit's residual nodes on the pruning run's selection pairs and measures the best node's curve on its
-test pairs; `channel_spread` measures, on the same test pairs, how many channels the contrast is spread over.
-Each task's folder in `--out` gets `nodes.csv`, `curve.csv`, `curve.json` and `spread.csv`, which chapter 07
-loads. Resumable: a task whose folder is complete is skipped unless `--overwrite`.
+test pairs; `channel_ranking` carries the same edit along every channel at the node's site; `channel_spread`
+measures, on the same test pairs, how many channels the contrast is spread over. Each task's folder in `--out` gets
+`nodes.csv`, `curve.csv`, `curve.json`, `channels.csv` and `spread.csv`, which chapter 07 loads. Resumable: a
+task whose folder is complete is skipped unless `--overwrite`.
 """
 
 from __future__ import annotations
@@ -20,9 +21,16 @@ import torch
 
 from circuitlab.bridges import load_bridged_pair
 from circuitlab.checkpoint import CheckpointError, write_text_atomic
-from circuitlab.circuit import Circuit
+from circuitlab.circuit import Circuit, Node
 from circuitlab.prune import PrunePairs
-from circuitlab.steering import channel_spread, load_steering, save_steering, steer_task
+from circuitlab.steering import (
+    CHANNELS_FILE,
+    channel_ranking,
+    channel_spread,
+    load_steering,
+    save_steering,
+    steer_task,
+)
 
 SPREAD_FILE = "spread.csv"
 
@@ -44,6 +52,8 @@ def make_steering(pair_dir: Path, circuits_dir: Path, out: Path, overwrite: bool
         pairs = PrunePairs.of_circuit(circuit, pair.sparse)
         effects, curve = steer_task(pair, circuit, pairs)
         save_steering(target, effects, curve)
+        channels = channel_ranking(pair, Node.parse(curve.attrs["node"]), circuit, pairs.test)
+        write_text_atomic(target / CHANNELS_FILE, channels.to_csv())
         spread = channel_spread(pair.sparse, pairs.test)
         write_text_atomic(target / SPREAD_FILE, spread.round(4).to_csv())  # last: marks the folder complete
         print(json.dumps({"task": folder.name, "seconds": round(time.perf_counter() - started)}), flush=True)

@@ -6,11 +6,13 @@ On a prompt that asks for the task's second candidate (a string opened with `"`)
 token, from its value there toward its value on the matched contrasting prompt (opened with `'`) with a
 strength s in [0, 1]; the push, mapped through the bridge's decoder (delta_dense = W_dec[:, channel] * delta),
 is added to the dense model's residual stream at that site, and the dense model runs on from there. We read
-p(first candidate) at the last token. Controls: the same push along a random channel outside the circuit,
-rescaled to the same norm in the dense model, and the same edit made in the sparse model itself.
+p(first candidate) at the last token. Controls: the same push along the other channels outside the circuit, each
+rescaled to the same norm in the dense model (their mean: the expected effect of a random channel, without the
+luck of a draw), and the same edit made in the sparse model itself.
 
     effects, curve = steer_task(pair, circuit)   # rank the circuit's residual nodes, steer the best one
     steering_effect(curve)                      # change in p(candidate 0) at s = 1, and its ratio to the control
+    channel_ranking(pair, node, circuit, batch) # the same push along every channel: where does the node rank?
     channel_spread(pair.sparse, batch)          # is the contrast held by one channel per site, or spread?
     save_steering(directory, effects, curve)    # what `python -m circuitlab.make_steering` ships; load_steering
 """
@@ -20,6 +22,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import pandas as pd
 import torch
@@ -33,7 +36,7 @@ from circuitlab.prune import PrunePairs
 from circuitlab.tasks import TaskBatch
 
 STRENGTHS = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
-NODES_FILE, CURVE_FILE, CURVE_INFO_FILE = "nodes.csv", "curve.csv", "curve.json"
+NODES_FILE, CURVE_FILE, CURVE_INFO_FILE, CHANNELS_FILE = "nodes.csv", "curve.csv", "curve.json", "channels.csv"
 # Residual-stream node locations -> where their channel lives: the site index before (0) or after (1) the
 # sub-layer, counted from the sub-layer's own index (2 * layer for attention, 2 * layer + 1 for the MLP).
 RESIDUAL_LOCATIONS = {"attn_read": (0, 0), "attn_write": (0, 1), "mlp_read": (1, 0), "mlp_write": (1, 1)}
@@ -105,6 +108,51 @@ def node_effects(model: SparseTransformer, circuit: Circuit, batch: TaskBatch) -
     return pd.DataFrame(rows).set_index("node").sort_values("patch_effect", ascending=False)
 
 
+class SteeringEdit(NamedTuple):
+    """One node's edit on the aligned pairs of a batch, in both models, before any strength is applied."""
+
+    source: Tensor  # [prompt, pos] tokens of the prompts to steer
+    last: Tensor  # [prompt] their last positions
+    target: int  # the candidate the edit pushes toward
+    site: str
+    delta: Tensor  # [prompt, pos, 1]: the node's channel on the contrasting prompts minus on the steered ones
+    sparse_resid: Tensor  # the sparse model's residual stream at `site` on the steered prompts
+    dense_resid: Tensor  # the dense model's
+    decoder: Tensor  # [d_dense, d_sparse]: the bridge's decoder at `site`
+
+    @classmethod
+    def of(cls, pair: BridgedPair, node: Node, batch: TaskBatch) -> SteeringEdit:
+        source, contrast, last = contrast_rows(batch)
+        if not len(source):
+            raise ValueError("no pair in `batch` has two prompts of the same length; steering needs aligned pairs")
+        site = residual_site(pair.sparse, node)
+        sparse_resid = pair.sparse(source, stop_at=site)
+        delta = (pair.sparse(contrast, stop_at=site) - sparse_resid)[..., node.index, None]
+        target = int(batch.target[0])  # row 0 is answered by candidate 0
+        decoder = pair.bridges.decoder_matrix(site)
+        return cls(source, last, target, site, delta, sparse_resid, pair.dense(source, stop_at=site), decoder)
+
+    def directions(self, channels: Tensor, norm_of: int) -> Tensor:
+        """[channel, d_dense]: the decoder's columns of `channels`, each rescaled to channel `norm_of`'s norm."""
+        columns = self.decoder[:, channels].T
+        return columns * self.decoder[:, norm_of].norm() / columns.norm(dim=1, keepdim=True).clamp_min(1e-12)
+
+    def dense_probability(self, pair: BridgedPair, direction: Tensor, strength: float) -> float:
+        """The dense model's mean p(target) with the edit times `strength` added along `direction`."""
+        steered = self.dense_resid + strength * self.delta * direction
+        logits = pair.dense(steered, start_at=self.site, tokens=self.source)
+        return target_probability(logits, self.last, self.target).mean().item()
+
+
+def channels_outside(pair: BridgedPair, node: Node, circuit: Circuit) -> tuple[Tensor, bool]:
+    """The residual channels other than `node`'s that no residual node of `circuit` uses (every other channel,
+    flagged False, when the circuit holds them all)."""
+    taken = {n.index for n in residual_nodes(circuit)}
+    others = [c for c in range(pair.sparse.cfg.d_model) if c != node.index]
+    outside = [c for c in others if c not in taken]
+    return torch.tensor(outside or others), bool(outside)
+
+
 @torch.no_grad()
 def steering_curve(
     pair: BridgedPair,
@@ -112,57 +160,67 @@ def steering_curve(
     circuit: Circuit,
     batch: TaskBatch,
     strengths: Sequence[float] = STRENGTHS,
-    n_random: int = 8,
+    n_random: int | None = None,
     seed: int = 0,
 ) -> pd.DataFrame:
     """Mean p(candidate 0) at the last token of the steered prompts, for each strength: `dense` through the
-    bridge, `random` the mean over `n_random` random channels outside the circuit pushed to the same dense
-    norm, `sparse` the same edit in the sparse model. `batch` holds pairs that chose neither circuit nor node."""
-    source, contrast, last = contrast_rows(batch)
-    if not len(source):
-        raise ValueError("no pair in `batch` has two prompts of the same length; steering needs aligned pairs")
-    target = int(batch.target[0])  # row 0 is answered by candidate 0
-    site = residual_site(pair.sparse, node)
-    sparse_resid = pair.sparse(source, stop_at=site)
-    # [prompt, pos, 1]: the node's channel on the contrasting prompts minus on the steered ones
-    delta = (pair.sparse(contrast, stop_at=site) - sparse_resid)[..., node.index, None]
-    decoder = pair.bridges.decoder_matrix(site)  # [d_dense, d_sparse]
-    taken = {n.index for n in residual_nodes(circuit)}
-    others = [c for c in range(pair.sparse.cfg.d_model) if c != node.index]
-    outside = [c for c in others if c not in taken]
-    free = torch.tensor(outside or others)  # a circuit that holds every channel leaves only other channels
-    generator = torch.Generator().manual_seed(seed)
-    random_channels = free[torch.randperm(len(free), generator=generator)[:n_random]]
-    norm = decoder[:, node.index].norm()
-    random_directions = decoder[:, random_channels].T * norm / decoder[:, random_channels].norm(dim=0)[:, None]
-    dense_resid = pair.dense(source, stop_at=site)
+    bridge; `random`, the same push along the channels outside the circuit, each rescaled to the same dense norm,
+    averaged over all of them (or over `n_random` drawn with `seed`); `sparse`, the same edit in the sparse model.
+    `batch` holds pairs that chose neither circuit nor node."""
+    edit = SteeringEdit.of(pair, node, batch)
+    outside, is_outside = channels_outside(pair, node, circuit)
+    if n_random is not None:
+        outside = outside[torch.randperm(len(outside), generator=torch.Generator().manual_seed(seed))[:n_random]]
+    random_directions = edit.directions(outside, node.index)
     one_hot = torch.zeros(pair.sparse.cfg.d_model)
     one_hot[node.index] = 1.0
-
-    def dense_probability(direction: Tensor, strength: float) -> float:
-        steered = pair.dense(dense_resid + strength * delta * direction, start_at=site, tokens=source)
-        return target_probability(steered, last, target).mean().item()
-
     rows = []
     for strength in strengths:
-        sparse_logits = pair.sparse(sparse_resid + strength * delta * one_hot, start_at=site, tokens=source)
+        steered = edit.sparse_resid + strength * edit.delta * one_hot
+        sparse_logits = pair.sparse(steered, start_at=edit.site, tokens=edit.source)
+        dense = edit.dense_probability(pair, edit.decoder[:, node.index], strength)
+        random = [edit.dense_probability(pair, d, strength) for d in random_directions] if strength else [dense]
         rows.append(
             {
                 "strength": strength,
-                "dense": dense_probability(decoder[:, node.index], strength),
-                "random": sum(dense_probability(d, strength) for d in random_directions) / len(random_directions),
-                "sparse": target_probability(sparse_logits, last, target).mean().item(),
+                "dense": dense,
+                "random": sum(random) / len(random),  # at s = 0 no direction changes anything
+                "sparse": target_probability(sparse_logits, edit.last, edit.target).mean().item(),
             }
         )
     table = pd.DataFrame(rows).set_index("strength")
     table.attrs.update(
         node=str(node),
-        site=site,
-        prompts=len(source),
-        random_channels=random_channels.tolist(),
-        random_outside_circuit=bool(outside),
+        site=edit.site,
+        prompts=len(edit.source),
+        random_channels=outside.tolist(),
+        random_outside_circuit=is_outside,
     )
     return table
+
+
+@torch.no_grad()
+def channel_ranking(
+    pair: BridgedPair, node: Node, circuit: Circuit, batch: TaskBatch, strength: float = 1.0
+) -> pd.DataFrame:
+    """The node's edit at `strength` carried along *every* residual channel's decoder direction at its site, each
+    rescaled to the node's own dense norm: per channel, the change in the dense model's mean p(candidate 0) and
+    whether the circuit uses the channel, largest change first. Where the node ranks says whether its direction,
+    not just any push of that size, is what moves the dense model."""
+    edit = SteeringEdit.of(pair, node, batch)
+    channels = torch.arange(pair.sparse.cfg.d_model)
+    before = edit.dense_probability(pair, edit.decoder[:, node.index], 0.0)
+    taken = {n.index for n in residual_nodes(circuit)}
+    rows = [
+        {
+            "channel": int(channel),
+            "dense_change": edit.dense_probability(pair, direction, strength) - before,
+            "in_circuit": int(channel) in taken,
+            "steered": int(channel) == node.index,
+        }
+        for channel, direction in zip(channels, edit.directions(channels, node.index), strict=True)
+    ]
+    return pd.DataFrame(rows).set_index("channel").sort_values("dense_change", ascending=False)
 
 
 def steering_effect(curve: pd.DataFrame) -> dict[str, float]:
