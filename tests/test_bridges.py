@@ -29,7 +29,7 @@ from circuitlab.make_bridges import main as make_bridges_main
 from circuitlab.make_steering import SPREAD_FILE, make_steering
 from circuitlab.model import SparseTransformer
 from circuitlab.paths import DATA_DIR
-from circuitlab.plotting import plot_bridge_report, plot_steering_curve
+from circuitlab.plotting import plot_bridge_report, plot_channel_ranking, plot_steering_curve
 from circuitlab.settings import SettingsError
 from circuitlab.sparsity import l0_schedule
 from circuitlab.steering import (
@@ -37,8 +37,10 @@ from circuitlab.steering import (
     channel_ranking,
     channel_spread,
     load_steering,
+    ratios_over_draws,
     residual_site,
     save_steering,
+    steered_rank,
     steering_curve,
     steering_effect,
 )
@@ -230,6 +232,25 @@ def test_the_plots_draw_every_site_and_every_curve():
         "dense, random channel",
         "sparse model, same edit",
     ]
+    plt.close("all")
+
+
+def test_a_drawn_control_ratio_varies_with_the_draw_and_the_plot_marks_every_channel():
+    channels = pd.DataFrame(
+        {
+            "dense_change": [0.4, 0.3, 0.2, 0.1, -0.1, 0.05],
+            "in_circuit": [True, True, False, False, False, False],
+            "steered": [True, False, False, False, False, False],
+        },
+        index=pd.Index([7, 3, 1, 2, 4, 5], name="channel"),
+    )
+    ratios = ratios_over_draws(channels, size=1, draws=200)
+    assert set(ratios.round(6)) == {2.0, 4.0, -4.0, 8.0}  # 0.4 over each outside channel's change alone
+    assert ratios_over_draws(channels, size=4, draws=5).round(6).eq(round(0.4 / 0.0625, 6)).all()  # all four
+    assert steered_rank(channels) == 1 and steered_rank(channels.assign(steered=channels.index == 4)) == 5
+    ax = plot_channel_ranking(channels, "'")
+    assert len(ax.patches) == len(channels)
+    assert ax.lines[0].get_ydata()[0] == pytest.approx(0.0625)  # the control: the outside channels' mean
     plt.close("all")
 
 

@@ -312,3 +312,22 @@ def plot_steering_curve(curve: pd.DataFrame, token: str, ax: plt.Axes | None = N
     ax.set_title(f"steering node {curve.attrs.get('node', '')}")
     ax.legend(fontsize=8)
     return ax
+
+
+def plot_channel_ranking(channels: pd.DataFrame, token: str, ax: plt.Axes | None = None) -> plt.Axes:
+    """The change in the dense model's p(`token`) when the steering edit is carried along each residual channel at
+    the site (a `steering.channel_ranking`), largest first: the steered channel, the circuit's other channels and
+    those outside it, with the outside channels' mean (the random-channel control)."""
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6, 3.5))
+    rank = range(1, len(channels) + 1)
+    colours = ["C3" if s else "C0" if c else "C7" for s, c in zip(channels.steered, channels.in_circuit, strict=True)]
+    ax.bar(rank, channels.dense_change, color=colours, width=1.0)
+    outside = channels.dense_change[~channels.in_circuit & ~channels.steered]
+    ax.axhline(outside.mean(), color="k", linestyle="--", linewidth=1, label="mean outside the circuit (the control)")
+    ax.bar([], [], color="C3", label="steered channel")
+    ax.bar([], [], color="C0", label="other circuit channels")
+    ax.bar([], [], color="C7", label="channels outside the circuit")
+    ax.set(xlabel="channel, by rank", ylabel=f"change in dense p({token.strip()}) at s = 1")
+    ax.legend(fontsize=8)
+    return ax

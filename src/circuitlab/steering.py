@@ -223,6 +223,23 @@ def channel_ranking(
     return pd.DataFrame(rows).set_index("channel").sort_values("dense_change", ascending=False)
 
 
+def steered_rank(channels: pd.DataFrame) -> int:
+    """Where the steered channel of a `channel_ranking` ranks among all the site's channels (1: it moves the dense
+    model most)."""
+    return list(channels.index).index(channels.index[channels.steered][0]) + 1
+
+
+def ratios_over_draws(channels: pd.DataFrame, size: int = 8, draws: int = 1000, seed: int = 0) -> pd.Series:
+    """From a `channel_ranking`: the ratio of the steered channel's change to a control of `size` channels drawn at
+    random from those outside the circuit, over `draws` draws. Its spread is how much a drawn control's ratio is
+    luck."""
+    steered = channels.loc[channels.steered, "dense_change"].item()
+    outside = torch.tensor(channels.loc[~channels.in_circuit & ~channels.steered, "dense_change"].to_numpy())
+    generator = torch.Generator().manual_seed(seed)
+    picks = torch.stack([torch.randperm(len(outside), generator=generator)[:size] for _ in range(draws)])
+    return pd.Series((steered / outside[picks].mean(dim=1)).tolist(), name=f"ratio to {size} random channels")
+
+
 def steering_effect(curve: pd.DataFrame) -> dict[str, float]:
     """The change in p(candidate 0) from s = 0 to the largest s, per column, and the steered effect over the
     random-channel control's (its magnitude, floored at 1e-6)."""
