@@ -9,14 +9,14 @@ import torch
 
 from circuitlab import SparseTransformer, prune, tasks
 from circuitlab.circuit import Calibration, Circuit, last_position_logits, node_shapes
-from circuitlab.discretize import confirmed_removals, geometric_grid, greedy_cleanup, smallest_sufficient
+from circuitlab.discretize import geometric_grid, greedy_cleanup, smallest_sufficient
 from circuitlab.masks import (
     HeavisideSigmoidGrad,
     MaskedEvaluator,
     ablation_values,
 )
 from circuitlab.paths import CHECKPOINTS_DIR, CIRCUITS_DIR
-from circuitlab.prune import PruneConfig, PrunePairs, loss_vs_nodes, search_units
+from circuitlab.prune import PruneConfig, PrunePairs, calibrated_loss, loss_vs_nodes, search_units
 from circuitlab.settings import SettingsError
 from circuitlab.tasks import length_buckets, select_rows, task_loss
 
@@ -68,16 +68,27 @@ def test_cleanup_removes_exactly_the_negligible_units():
     assert removed == [u for u in range(16) if u not in needed]
 
 
-def test_check_undoes_the_latest_removals_until_the_other_pairs_agree():
-    # The cleanup removed 0..9 in that order; on check pairs 7 and 9 cost 0.05 each (the selection pairs' noise
-    # hid them): the latest removals are undone, as few as reach the target, and the earlier ones stay.
-    def check_loss(gone):
-        return 0.05 + sum(0.05 if unit in (7, 9) else 0.001 for unit in gone)
+class FixedLoss:
+    """A stand-in MaskedEvaluator whose every loss is `value` (and whose calibration is a marker)."""
 
-    assert confirmed_removals(list(range(10)), check_loss, target=0.1) == list(range(7))
-    assert confirmed_removals(list(range(10)), lambda gone: 0.01, target=0.1) == list(range(10))  # all hold
-    assert confirmed_removals(list(range(10)), lambda gone: 1.0, target=0.1) == []  # nothing holds: undo all
-    assert confirmed_removals([], check_loss, target=0.1) == []
+    def __init__(self, value: float | None):
+        self.value = value
+
+    def fit(self, node_masks, reject_above=None):
+        return self.value, "fitted on selection"
+
+    def loss(self, node_masks, calibration, reject_above=None):
+        assert self.value is not None, "the check pairs were measured although the selection pairs had failed"
+        assert calibration == "fitted on selection"
+        return self.value
+
+
+def test_a_trial_holds_only_where_it_holds_on_the_selection_and_the_check_pairs():
+    cfg = PruneConfig()  # search target 0.1275
+    assert calibrated_loss(FixedLoss(0.5), {}, cfg, FixedLoss(None)) == 0.5  # failed: the check is not run
+    assert calibrated_loss(FixedLoss(0.05), {}, cfg, FixedLoss(0.3)) == 0.3  # held only on the selection pairs
+    assert calibrated_loss(FixedLoss(0.05), {}, cfg, FixedLoss(0.01)) == 0.05
+    assert calibrated_loss(FixedLoss(0.05), {}, cfg) == 0.05
 
 
 def test_calibration_recovers_a_scale_and_shift_and_agrees_with_its_logits():
@@ -298,9 +309,9 @@ def test_a_circuit_that_misses_on_the_check_pairs_grows_until_it_holds_there(tin
     assert refused.search["units"] == 0 and refused.n_nodes == total
 
 
-def test_units_added_for_the_check_pairs_are_cleaned_up_on_them(tiny_model, monkeypatch):
+def test_units_added_for_the_check_pairs_are_cleaned_up_on_both_pair_sets(tiny_model, monkeypatch):
     # Units ranked 0, 1, 2, ...: the selection pairs need units 0 and 1, the check pairs also unit 7. The search
-    # keeps 0-1, the check adds the ranking's next units up to 7, and those the check pairs do without go again.
+    # keeps 0-1, the check adds the ranking's next units up to 7, and the cleanup removes those neither needs.
     masks = PruneConfig().new_masks(tiny_model, ablation_values(tiny_model, "zero"))
     with torch.no_grad():
         for score in masks.scores:
@@ -308,14 +319,13 @@ def test_units_added_for_the_check_pairs_are_cleaned_up_on_them(tiny_model, monk
     masks.tiebreak = -torch.arange(masks.n_units, dtype=torch.float)  # ties broken: unit 0 first
     selection, check = object(), object()
 
-    def fake_loss(_selection, node_masks, cfg, on):
+    def fake_loss(_selection, node_masks, cfg, on_check=None):
         flat = torch.cat([node_masks[name].flatten() for name in masks.names])
         kept = set(masks.unit_of[flat > 0].tolist())
-        needed = {0, 1} if on is selection else {0, 1, 7}
+        needed = {0, 1} if on_check is None else {0, 1, 7}
         return 0.05 if needed <= kept else 1.0
 
     monkeypatch.setattr(importlib.import_module("circuitlab.prune"), "calibrated_loss", fake_loss)
     units, found = search_units(masks, selection, PruneConfig(), check)
-    assert found["units"] == 2 and found["removed_by_cleanup"] == 0
-    assert found["units_added_by_check"] == 6 and found["added_units_removed_by_cleanup"] == 5
+    assert found["units"] == 2 and found["units_added_by_check"] == 6 and found["removed_by_cleanup"] == 5
     assert units == [0, 1, 7]

@@ -1,5 +1,4 @@
-"""From trained mask scores to a circuit: the smallest sufficient top-k, greedy cleanup, and the check that
-undoes cleanup removals which held only on the pairs that chose them.
+"""From trained mask scores to a circuit: the smallest sufficient top-k and greedy cleanup.
 
 Both work on a black-box `loss_of(...)` that returns a held-out (calibrated) task loss, so they are the same
 for any model, task and ablation. Neither assumes the loss falls monotonically as nodes are added: on real
@@ -77,16 +76,3 @@ def greedy_cleanup(
             queue[:0] = [trial[:half], trial[half:]]
     kept_units, removed_units = [u for u in kept if u not in removed], [u for u in kept if u in removed]
     return Cleanup(kept_units, removed_units, unsettled=sum(len(block) for block in queue))
-
-
-def confirmed_removals(
-    removed: Sequence[int], loss_without: Callable[[frozenset[int]], float], target: float, ratio: float = 2**0.5
-) -> list[int]:
-    """The removals (in the order they were made) that still hold on other pairs: `loss_without` measures there,
-    and the latest removals are undone first, as few as reach `target` (`smallest_sufficient` over how many;
-    all of them when nothing holds)."""
-    removed = list(removed)
-    n_undone = smallest_sufficient(
-        lambda n: loss_without(frozenset(removed[: len(removed) - n])), target, len(removed), ratio
-    )
-    return removed[: len(removed) - n_undone]

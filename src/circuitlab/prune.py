@@ -12,16 +12,16 @@ The paper's method (its Appendix A.5) in stages 1-3, and what its authors did by
 3. **Calibration.** A logit scale and shift fitted with 16 LBFGS steps, part of the circuit from then on
    (discretised circuits are badly calibrated).
 4. **Cleanup.** Each remaining node (then each edge) is dropped if the circuit still reaches the target without
-   it. A few hundred such choices on one pair set fit that set's noise, so the removals are then checked on
-   *check* pairs, and the latest are undone until the circuit reaches the target there too; if even the
-   search's k misses there, the next units of the ranking are added until it holds.
+   it. A few hundred such choices on one pair set would fit that set's noise, so a removal is kept only when
+   the circuit reaches the target on the *check* pairs too; if even the search's k misses there, the next units
+   of the ranking are added first, until it holds.
 5. **Necessity** (after the node cleanup, before the edges'). While ablating the circuit still leaves the loss
    under chance (a backup path outside it carries the answer), the unit outside it whose ablation costs most is
    added (`complete_necessity`).
 
-Four disjoint sets of pairs keep the numbers honest: mask training sees *train* pairs, stages 2–4 choose on
-*selection* pairs, the cleanup is confirmed on *check* pairs, and every loss a circuit reports is measured on
-*test* pairs that chose nothing. The model's weights stay frozen and AbsTopK still applies; masks act at the
+Four disjoint sets of pairs keep the numbers honest: mask training sees *train* pairs, stages 2-5 choose on
+*selection* pairs, and what they keep must also hold on *check* pairs; every loss a circuit reports is measured
+on *test* pairs that chose nothing. The model's weights stay frozen and AbsTopK still applies; masks act at the
 node hook points.
 """
 
@@ -31,7 +31,6 @@ import contextlib
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, replace
-from functools import partial
 
 import torch
 from torch import Tensor
@@ -40,7 +39,7 @@ from tqdm.auto import tqdm
 from circuitlab import settings, tasks
 from circuitlab.circuit import Circuit, Node, circuit_edges, edges_ablated, last_position_logits
 from circuitlab.corpus import TokenSampler, load_token_streams
-from circuitlab.discretize import confirmed_removals, greedy_cleanup, smallest_sufficient
+from circuitlab.discretize import greedy_cleanup, smallest_sufficient
 from circuitlab.masks import (
     ABLATIONS,
     MaskedEvaluator,
@@ -284,14 +283,11 @@ def search_units(
     masks: NodeMasks, selection: MaskedEvaluator, cfg: PruneConfig, check: MaskedEvaluator | None = None
 ) -> tuple[list[int], dict]:
     """Stages 2 and 4 for nodes: the smallest top-k of the ranking that reaches the search target on the
-    selection pairs (calibrated), then greedy removal of units it can do without, confirmed on the `check`
-    pairs (`discretize.confirmed_removals`). If even the search's own k misses the target on the check pairs
-    (k was chosen where the selection pairs' noise made it cross), the next units of the ranking are added, as
-    few as reach it there, and those the check pairs can do without are removed again (greedy cleanup judged
-    on them). Returns the units kept (most needed first) and what each stage found."""
+    selection pairs (calibrated); if it misses on the `check` pairs, the next units of the ranking, as few as
+    reach it there; then greedy removal of the units the circuit can do without on both pair sets. Returns the
+    units kept (most needed first) and what each stage found."""
 
-    def loss_of(kept: list[int], on: MaskedEvaluator = selection) -> float:
-        """Calibrated on the selection pairs, measured `on` the given pairs (early rejection at the target)."""
+    def loss_of(kept: list[int], on: MaskedEvaluator | None = None) -> float:
         return calibrated_loss(selection, masks.node_masks(torch.tensor(kept, dtype=torch.long)), cfg, on)
 
     ranking = masks.ranking().tolist()
@@ -301,37 +297,22 @@ def search_units(
         "units": k,
         "nodes": int(sum(m.sum() for m in masks.node_masks(torch.tensor(units, dtype=torch.long)).values())),
     }
-
-    if cfg.cleanup and k < masks.n_units:
-
-        def loss_without(gone: frozenset[int], on: MaskedEvaluator = selection) -> float:
-            return loss_of([u for u in units if u not in gone], on)
-
-        _, removed, unsettled = greedy_cleanup(units[::-1], loss_without, cfg.search_target, cfg.cleanup_trials)
-        found["nodes_unsettled_by_cleanup"] = unsettled  # > 0: the trial budget ran out first
-        if check is not None:
-            confirmed = confirmed_removals(removed, partial(loss_without, on=check), cfg.search_target, cfg.scan_ratio)
-            found["nodes_restored_by_check"] = len(removed) - len(confirmed)
-            removed = confirmed
-        units = [u for u in units if u not in set(removed)]
-        found["removed_by_cleanup"] = len(removed)
     if check is not None and k < masks.n_units:
-        rest = [u for u in ranking if u not in set(units)]
+        rest = ranking[k:]
         added = smallest_sufficient(
-            lambda n: loss_of(units + rest[:n], on=check), cfg.search_target, len(rest), cfg.scan_ratio
+            lambda n: loss_of(units + rest[:n], check), cfg.search_target, len(rest), cfg.scan_ratio
         )
         found["units_added_by_check"] = added
-        added_units = rest[:added]
-        if cfg.cleanup and added_units:  # a prefix of the ranking can hold more than the check pairs need
-            base = list(units)
+        units += rest[:added]
+    if cfg.cleanup and len(units) < masks.n_units:
 
-            def loss_without_added(gone: frozenset[int]) -> float:
-                return loss_of(base + [u for u in added_units if u not in gone], on=check)
+        def loss_without(gone: frozenset[int]) -> float:
+            return loss_of([u for u in units if u not in gone], check)
 
-            cleaned = greedy_cleanup(added_units[::-1], loss_without_added, cfg.search_target, cfg.cleanup_trials)
-            found["added_units_removed_by_cleanup"] = len(cleaned.removed)
-            added_units = [u for u in added_units if u not in set(cleaned.removed)]
-        units += added_units
+        cleaned = greedy_cleanup(units[::-1], loss_without, cfg.search_target, cfg.cleanup_trials)
+        found["nodes_unsettled_by_cleanup"] = cleaned.unsettled  # > 0: the trial budget ran out first
+        found["removed_by_cleanup"] = len(cleaned.removed)
+        units = [u for u in units if u not in set(cleaned.removed)]
     return units, found
 
 
@@ -360,7 +341,7 @@ def complete_necessity(
 
     def sufficient(kept: list[int]) -> bool:
         node_masks = masks.node_masks(torch.tensor(kept, dtype=torch.long))
-        return all(calibrated_loss(selection, node_masks, cfg, on) <= cfg.search_target for on in evaluators)
+        return calibrated_loss(selection, node_masks, cfg, check) <= cfg.search_target
 
     added: list[int] = []
     reached = necessary(units)
@@ -387,35 +368,32 @@ def cleanup_edges(
     check: MaskedEvaluator | None = None,
 ) -> tuple[list[tuple[Node, Node]], dict]:
     """Edge-level pruning inside the circuit, the method the paper names but did not build: ablate single
-    weights between kept nodes (smallest magnitude first) while the circuit still reaches the search target,
-    then confirm the removals on the `check` pairs. Returns the removed edges as (source, target) nodes, and
-    what the cleanup found."""
+    weights between kept nodes (smallest magnitude first) while the circuit still reaches the search target on
+    the selection and the `check` pairs. Returns the removed edges as (source, target) nodes, and what the
+    cleanup found."""
     edges = sorted(circuit_edges(model, {n: m.bool() for n, m in node_masks.items()}), key=lambda e: abs(e.weight))
     links = [(edge.source, edge.target) for edge in edges]
 
-    def loss_without(gone: frozenset[int], on: MaskedEvaluator = selection) -> float:
+    def loss_without(gone: frozenset[int]) -> float:
         with edges_ablated(model, [links[i] for i in sorted(gone)], means):
-            return calibrated_loss(selection, node_masks, cfg, on)
+            return calibrated_loss(selection, node_masks, cfg, check)
 
-    _, removed, unsettled = greedy_cleanup(list(range(len(links))), loss_without, cfg.search_target, cfg.cleanup_trials)
-    found = {"edges_unsettled_by_cleanup": unsettled}
-    if check is not None:
-        confirmed = confirmed_removals(removed, partial(loss_without, on=check), cfg.search_target, cfg.scan_ratio)
-        found["edges_restored_by_check"] = len(removed) - len(confirmed)
-        removed = confirmed
-    found["removed_edges"] = len(removed)
-    return [links[i] for i in removed], found
+    cleaned = greedy_cleanup(list(range(len(links))), loss_without, cfg.search_target, cfg.cleanup_trials)
+    found = {"edges_unsettled_by_cleanup": cleaned.unsettled, "removed_edges": len(cleaned.removed)}
+    return [links[i] for i in cleaned.removed], found
 
 
 def calibrated_loss(
-    selection: MaskedEvaluator, node_masks: dict[str, Tensor], cfg: PruneConfig, on: MaskedEvaluator
+    selection: MaskedEvaluator, node_masks: dict[str, Tensor], cfg: PruneConfig, check: MaskedEvaluator | None = None
 ) -> float:
-    """The loss of `node_masks` `on` one pair set, calibrated on the selection pairs, as stages 2-4 judge it: a
-    trial whose probe is clearly above the search target is rejected without its whole pass (`MaskedEvaluator`)."""
-    if on is selection:
-        return selection.fit(node_masks, reject_above=cfg.search_target)[0]
-    _, calibration = selection.fit(node_masks)
-    return on.loss(node_masks, calibration, reject_above=cfg.search_target)
+    """The loss of `node_masks` as stages 2-5 judge it: calibrated on the selection pairs and measured there; when
+    it holds there and `check` pairs are given, the larger of that and the loss on the check pairs under the same
+    calibration. A trial whose probe is clearly above the search target is rejected without its whole pass
+    (`MaskedEvaluator`)."""
+    loss, calibration = selection.fit(node_masks, reject_above=cfg.search_target)
+    if check is None or loss > cfg.search_target:
+        return loss
+    return max(loss, check.loss(node_masks, calibration, reject_above=cfg.search_target))
 
 
 def learning_rate(step: int, cfg: PruneConfig) -> float:
