@@ -7,6 +7,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import networkx as nx
 import pandas as pd
+from matplotlib.patches import Patch
 from matplotlib.ticker import FormatStrFormatter
 from torch import Tensor
 
@@ -324,10 +325,9 @@ def plot_channel_ranking(channels: pd.DataFrame, token: str, ax: plt.Axes | None
     colours = ["C3" if s else "C0" if c else "C7" for s, c in zip(channels.steered, channels.in_circuit, strict=True)]
     ax.bar(rank, channels.dense_change, color=colours, width=1.0)
     outside = channels.dense_change[~channels.in_circuit & ~channels.steered]
-    ax.axhline(outside.mean(), color="k", linestyle="--", linewidth=1, label="mean outside the circuit (the control)")
-    ax.bar([], [], color="C3", label="steered channel")
-    ax.bar([], [], color="C0", label="other circuit channels")
-    ax.bar([], [], color="C7", label="channels outside the circuit")
+    control = ax.axhline(outside.mean(), color="k", linestyle="--", linewidth=1)
+    kinds = {"C3": "steered channel", "C0": "other circuit channels", "C7": "channels outside the circuit"}
+    handles = [Patch(color=colour, label=label) for colour, label in kinds.items()]
+    ax.legend([*handles, control], [*kinds.values(), "mean outside the circuit (the control)"], fontsize=8)
     ax.set(xlabel="channel, by rank", ylabel=f"change in dense p({token.strip()}) at s = 1")
-    ax.legend(fontsize=8)
     return ax
