@@ -29,7 +29,14 @@ from circuitlab.train import METRICS_FILE
 CASE_STUDIES = ("single_double_quote", "bracket_counting", "set_or_string_fixedvarname")
 """The paper's three circuits read by hand (its sections 3.2.1-3.2.3)."""
 PRUNE = PruneConfig(
-    target_loss=0.15, steps=150, selection_pairs=200, test_pairs=200, check_pairs=0, cleanup=False, edge_cleanup=False
+    target_loss=0.15,
+    steps=150,
+    selection_pairs=200,
+    test_pairs=200,
+    check_pairs=0,
+    cleanup=False,
+    necessity=False,
+    edge_cleanup=False,
 )
 TASK_PAIRS = 500  # held-out templated pairs per task: a task is solved when its mean task loss is at most 0.15
 NATURAL_MIN = 20  # natural instances a task needs to count in natural_beats_guess
