@@ -192,7 +192,7 @@ def choose(masks: NodeMasks, selection: MaskedEvaluator, cfg: PruneConfig) -> tu
     """The pruner's stages 2 and 4 over `masks`' ranking (`prune.search_units`, node cleanup as `cfg` says):
     the chosen node masks and what the search found."""
     units, found = search_units(masks, selection, cfg)
-    return masks.node_masks(torch.tensor(units, dtype=torch.long)), found
+    return masks.node_masks(units), found
 
 
 def attribution_circuit(

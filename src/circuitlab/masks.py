@@ -6,7 +6,7 @@ set of 0/1 masks on one batch of contrast pairs, calibrated or not, for the pric
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -146,10 +146,10 @@ class NodeMasks(nn.Module):
         by_tiebreak = self.tiebreak.argsort(descending=True, stable=True)
         return by_tiebreak[self.unit_scores()[by_tiebreak].argsort(descending=True, stable=True)]
 
-    def node_masks(self, units: Tensor) -> dict[str, Tensor]:
+    def node_masks(self, units: Tensor | Sequence[int]) -> dict[str, Tensor]:
         """Float 0/1 node masks (hook name -> mask) keeping the nodes of the given units."""
         keep_unit = torch.zeros(self.n_units)
-        keep_unit[units] = 1.0
+        keep_unit[torch.as_tensor(units, dtype=torch.long)] = 1.0
         flat = keep_unit[self.unit_of]
         sizes = [self.means[name].numel() for name in self.names]
         return {

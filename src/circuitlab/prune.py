@@ -204,7 +204,7 @@ def prune_targets(
     pretraining_tokens: Tensor | None = None,
     progress: bool = True,
 ) -> dict[float, Circuit]:
-    """`prune` at several target losses from one mask training (stages 2-4 run once per target): the
+    """`prune` at several target losses from one mask training (stages 2-5 run once per target): the
     circuit-size-versus-loss curves of the paper's Figure 2. Target -> circuit."""
     cfg = cfg or PruneConfig()
     if pairs is None:
@@ -224,7 +224,7 @@ def prune_targets(
         test = MaskedEvaluator(model, masks, pairs.test)
         check = MaskedEvaluator(model, masks, pairs.check) if pairs.check is not None else None
         full_model_loss = test.loss(None)
-        ablated_model_loss = test.loss(masks.node_masks(torch.tensor([], dtype=torch.long)))
+        ablated_model_loss = test.loss(masks.node_masks([]))
         history: list[dict] = []
         start = time.perf_counter()
         if full_model_loss <= max(targets) or not cfg.skip_unsolved:
@@ -244,14 +244,14 @@ def prune_targets(
                     units, necessity_found = complete_necessity(model, masks, units, selection, target_cfg, check)
                     found |= necessity_found
                 if cfg.edge_cleanup and len(units) < masks.n_units:
-                    kept = masks.node_masks(torch.tensor(units, dtype=torch.long))
+                    kept = masks.node_masks(units)
                     removed_edges, edges_found = cleanup_edges(model, kept, means, selection, target_cfg, check)
                     found |= edges_found
                 found["seconds_masks"] = round(mask_seconds, 1)
                 found["seconds_search_and_cleanup"] = round(time.perf_counter() - start, 1)
                 found["passes"] = round(sum(e.passes for e in evaluators) - passes_before, 2)
                 found["trials_stopped_early"] = sum(e.rejected for e in evaluators) - stopped_before
-            node_masks = masks.node_masks(torch.tensor(units, dtype=torch.long))
+            node_masks = masks.node_masks(units)
             bool_masks = {name: mask.bool() for name, mask in node_masks.items()}
             with edges_ablated(model, removed_edges, means):
                 selection_loss, calibration = selection.fit(node_masks)
@@ -288,14 +288,14 @@ def search_units(
     units kept (most needed first) and what each stage found."""
 
     def loss_of(kept: list[int], on: MaskedEvaluator | None = None) -> float:
-        return calibrated_loss(selection, masks.node_masks(torch.tensor(kept, dtype=torch.long)), cfg, on)
+        return calibrated_loss(selection, masks.node_masks(kept), cfg, on)
 
     ranking = masks.ranking().tolist()
     k = smallest_sufficient(lambda k: loss_of(ranking[:k]), cfg.search_target, masks.n_units, cfg.scan_ratio)
     units = ranking[:k]
     found = {
         "units": k,
-        "nodes": int(sum(m.sum() for m in masks.node_masks(torch.tensor(units, dtype=torch.long)).values())),
+        "nodes": int(sum(m.sum() for m in masks.node_masks(units).values())),
     }
     if check is not None and k < masks.n_units:
         rest = ranking[k:]
@@ -332,26 +332,26 @@ def complete_necessity(
     Where ablating every node costs less than chance (the embedding alone solves the task), that is the goal.
     Returns the units kept (the added ones last) and what the stage found."""
     evaluators = [selection] if check is None else [selection, check]
-    nothing = masks.node_masks(torch.tensor([], dtype=torch.long))
+    nothing = masks.node_masks([])
     goals = [min(CHANCE_LOSS, evaluator.loss(nothing)) for evaluator in evaluators]
 
     def necessary(kept: list[int]) -> bool:
-        node_masks = masks.node_masks(torch.tensor(kept, dtype=torch.long))
+        node_masks = masks.node_masks(kept)
         return all(e.loss(node_masks, invert=True) >= goal for e, goal in zip(evaluators, goals, strict=True))
 
     def sufficient(kept: list[int]) -> bool:
-        node_masks = masks.node_masks(torch.tensor(kept, dtype=torch.long))
+        node_masks = masks.node_masks(kept)
         return calibrated_loss(selection, node_masks, cfg, check) <= cfg.search_target
 
     added: list[int] = []
     reached = necessary(units)
     while not reached and len(added) < cfg.cleanup_trials:
         kept = units + added
-        inverted = {name: 1 - mask for name, mask in masks.node_masks(torch.tensor(kept, dtype=torch.long)).items()}
+        inverted = {name: 1 - mask for name, mask in masks.node_masks(kept).items()}
         gain = unit_attribution(model, masks, selection.batch, inverted)
         gain[kept] = -torch.inf
-        outside = gain.argsort(descending=True)[: masks.n_units - len(kept)].tolist()
-        pick = next((unit for unit in outside[:NECESSITY_CANDIDATES] if sufficient(kept + [unit])), None)
+        best_outside = gain.argsort(descending=True)[: min(NECESSITY_CANDIDATES, masks.n_units - len(kept))]
+        pick = next((unit for unit in best_outside.tolist() if sufficient(kept + [unit])), None)
         if pick is None:
             break
         added.append(pick)

@@ -66,6 +66,11 @@ def residual_nodes(circuit: Circuit) -> list[Node]:
     return [node for node in circuit.nodes if node.location in RESIDUAL_LOCATIONS]
 
 
+def residual_channels(circuit: Circuit) -> set[int]:
+    """The residual channels the circuit's residual nodes read or write (at any site)."""
+    return {node.index for node in residual_nodes(circuit)}
+
+
 def target_probability(logits: Tensor, last: Tensor, token: int) -> Tensor:
     """[prompt]: the probability of `token` at each prompt's last position."""
     return logits[torch.arange(len(last)), last].softmax(-1)[:, token]
@@ -147,7 +152,7 @@ class SteeringEdit(NamedTuple):
 def channels_outside(pair: BridgedPair, node: Node, circuit: Circuit) -> tuple[Tensor, bool]:
     """The residual channels other than `node`'s that no residual node of `circuit` uses (every other channel,
     flagged False, when the circuit holds them all)."""
-    taken = {n.index for n in residual_nodes(circuit)}
+    taken = residual_channels(circuit)
     others = [c for c in range(pair.sparse.cfg.d_model) if c != node.index]
     outside = [c for c in others if c not in taken]
     return torch.tensor(outside or others), bool(outside)
@@ -210,7 +215,7 @@ def channel_ranking(
     edit = SteeringEdit.of(pair, node, batch)
     channels = torch.arange(pair.sparse.cfg.d_model)
     before = edit.dense_probability(pair, edit.decoder[:, node.index], 0.0)
-    taken = {n.index for n in residual_nodes(circuit)}
+    taken = residual_channels(circuit)
     rows = [
         {
             "channel": int(channel),
