@@ -213,7 +213,7 @@ def test_early_rejection_stops_failing_masks_on_a_probe_and_measures_passing_one
     task = tasks.get("single_double_quote")
     batch = task.batch(sparse_model.tokenizer, "test", 64, seed=3, n_ctx=sparse_model.cfg.n_ctx)
     masks = PruneConfig().new_masks(sparse_model, ablation_values(sparse_model, "zero"))
-    evaluator = MaskedEvaluator(sparse_model, masks, batch)  # probes: 4, 8 and 16 of the 64 pairs
+    evaluator = MaskedEvaluator(sparse_model, masks, batch)  # probes: 4, 8, 16 and 32 of the 64 pairs
     everything, nothing = masks.node_masks(torch.arange(masks.n_units)), masks.node_masks(torch.tensor([]).long())
     full_loss, _ = evaluator.fit(everything)
     assert full_loss < 0.15 and evaluator.passes == 1
@@ -238,6 +238,12 @@ def test_early_rejection_pairs_the_probe_with_the_last_masks_measured_in_full(ti
     assert evaluator._estimate_if_clearly_above(probe, 0.12, reference=None) is None
     assert evaluator._estimate_if_clearly_above(probe, 0.12, reference=reference) == pytest.approx(0.15)
     assert evaluator._estimate_if_clearly_above(probe, 0.16, reference=reference) is None
+    # The rest of the batch is all that is unknown: a probe of 12 of the 16 prompts whose changes (0 or 0.06,
+    # mean 0.03) leave 0.13 +- 0.003 is clearly above 0.11, where 4 prompts with the same changes are not.
+    changes = torch.tensor([0.0, 0.06] * 6)
+    flat = torch.full((16,), 0.10)
+    assert evaluator._estimate_if_clearly_above(flat[:4] + changes[:4], 0.11, reference=flat) is None
+    assert evaluator._estimate_if_clearly_above(flat[:12] + changes, 0.11, reference=flat) == pytest.approx(0.13)
     # A probe of easy prompts: its own mean (0.06) is under the threshold, the paired estimate (0.28) is not, and
     # a stopped call must report the estimate, or its caller would take the trial for a success.
     reference = torch.tensor([0.01] * 4 + [0.3] * 12)

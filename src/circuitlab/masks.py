@@ -183,9 +183,10 @@ class MaskedEvaluator:
     estimate minus `reject_z` standard errors still lies above. The estimate is paired: the whole-batch loss of
     the last masks such a call measured in full, plus the mean per-prompt change from them on the probe, which
     is far less noisy than the probe's own mean when the two masks differ in a few nodes (the first such call
-    uses the probe's mean). A stopped call returns that estimate, which lies above `reject_above` (the probe's
-    own mean may not); masks that pass are always measured on the whole batch, so every loss at or under
-    `reject_above` is the whole batch's.
+    uses the probe's mean). Its standard error counts only the prompts not yet measured (a finite-population
+    correction), so a probe of half the pairs can stop the trials that miss by a little. A stopped call returns
+    that estimate, which lies above `reject_above` (the probe's own mean may not); masks that pass are always
+    measured on the whole batch, so every loss at or under `reject_above` is the whole batch's.
     """
 
     def __init__(
@@ -193,7 +194,7 @@ class MaskedEvaluator:
         model: SparseTransformer,
         masks: NodeMasks,
         batch: TaskBatch,
-        probe_shares: tuple[float, ...] = (0.0625, 0.125, 0.25),
+        probe_shares: tuple[float, ...] = (0.0625, 0.125, 0.25, 0.5),
         reject_z: float = 2.5,
     ):
         if len(batch) % 2:
@@ -306,5 +307,6 @@ class MaskedEvaluator:
         else:
             change = losses - reference[: len(losses)]
             estimate, spread = reference.mean() + change.mean(), change.std()
-        clearly_above = bool(estimate - self.reject_z * spread / len(losses) ** 0.5 > threshold)
+        unmeasured = 1 - len(losses) / len(self.batch)  # the share of the whole batch's mean still unknown
+        clearly_above = bool(estimate - self.reject_z * spread * (unmeasured / len(losses)) ** 0.5 > threshold)
         return estimate.item() if clearly_above else None
