@@ -16,8 +16,8 @@ from circuitlab.masks import (
     ablation_values,
 )
 from circuitlab.paths import CHECKPOINTS_DIR, CIRCUITS_DIR
-from circuitlab.prune import PruneConfig, PrunePairs, calibrated_loss, loss_vs_nodes, search_units
-from circuitlab.settings import SettingsError
+from circuitlab.prune import PruneConfig, PrunePairs, calibrated_loss, loss_vs_nodes, search_units, trained_masks
+from circuitlab.settings import SettingsError, parse_overrides
 from circuitlab.tasks import length_buckets, select_rows, task_loss
 
 
@@ -122,6 +122,11 @@ def test_config_refuses_bad_values_with_the_field_name():
     with pytest.raises(SettingsError, match="skip_unsolved"):
         PruneConfig(skip_unsolved="maybe")
     assert PruneConfig(lr="1e-3").lr == 1e-3
+    with pytest.raises(SettingsError, match="probe_shares"):
+        PruneConfig(probe_shares=(0.25, 0.125))  # probes grow
+    with pytest.raises(SettingsError, match="probe_shares"):
+        PruneConfig(probe_shares=(0.5, 1.0))  # the whole batch is no probe
+    assert parse_overrides(PruneConfig, ["probe_shares=[0.0625,0.125,0.25]"]) == {"probe_shares": (0.0625, 0.125, 0.25)}
 
 
 def test_prune_pairs_are_disjoint_held_out_prompts(tiny_model):
@@ -138,16 +143,22 @@ def test_prune_pairs_are_disjoint_held_out_prompts(tiny_model):
     assert torch.equal(unchecked.test.tokens, pairs.test.tokens)
 
 
-def test_a_circuit_saved_before_check_pairs_or_stage_5_reads_as_without_them():
+def test_a_circuit_saved_before_check_pairs_stage_5_or_four_probes_reads_as_without_them():
     circuit = Circuit.load(CIRCUITS_DIR / "sparse" / "single_double_quote")
     circuit.config.pop("check_pairs", None)  # as saved before check pairs existed
     circuit.config.pop("necessity", None)  # and before stage 5
+    circuit.config.pop("probe_shares", None)  # and before early rejection's fourth probe
     cfg = PruneConfig.of_circuit(circuit)
     assert cfg.check_pairs == 0  # re-running its method (the controls do) must not add a check it never had
-    assert not cfg.necessity
+    assert not cfg.necessity and cfg.probe_shares == (0.0625, 0.125, 0.25)
     assert cfg.test_pairs == circuit.config["test_pairs"]
-    circuit.config.update(check_pairs=40, necessity=True)
-    assert PruneConfig.of_circuit(circuit).check_pairs == 40 and PruneConfig.of_circuit(circuit).necessity
+    circuit.config.update(check_pairs=40, necessity=True, probe_shares=[0.25, 0.5])  # a list, as JSON stores it
+    cfg = PruneConfig.of_circuit(circuit)
+    assert cfg.check_pairs == 40 and cfg.necessity and cfg.probe_shares == (0.25, 0.5)
+    model = SparseTransformer.from_pretrained(CHECKPOINTS_DIR / "sparse")
+    batch = tasks.get("single_double_quote").batch(model.tokenizer, "test", 16, n_ctx=model.cfg.n_ctx)
+    evaluator = cfg.evaluator(model, trained_masks(model, circuit), batch)
+    assert [sum(len(bucket) for bucket in part) for part in evaluator.parts] == [8, 8, 16]  # pairs 4, 4, 8
 
 
 def test_prune_leaves_the_model_as_found_and_refuses_foreign_tokens(tiny_model):

@@ -211,7 +211,7 @@ def attribution_circuit(
     cfg = dataclasses.replace(PruneConfig.of_circuit(learned), target_loss=target_loss, cleanup=cleanup)
     masks = attribution_masks(model, learned, pairs)
     with frozen(model):
-        selection, test = MaskedEvaluator(model, masks, pairs.selection), MaskedEvaluator(model, masks, pairs.test)
+        selection, test = cfg.evaluator(model, masks, pairs.selection), cfg.evaluator(model, masks, pairs.test)
         node_masks, found = choose(masks, selection, cfg)
         selection_loss, calibration = selection.fit(node_masks)
         per_node = masks.tiebreak[masks.unit_of].split([mask.numel() for mask in node_masks.values()])
@@ -248,7 +248,7 @@ def edges_vs_loss(
     rows = []
     with frozen(model):
         for method, masks in methods.items():
-            selection, test = MaskedEvaluator(model, masks, pairs.selection), MaskedEvaluator(model, masks, pairs.test)
+            selection, test = cfg.evaluator(model, masks, pairs.selection), cfg.evaluator(model, masks, pairs.test)
             for target in target_losses:
                 node_masks, found = choose(masks, selection, dataclasses.replace(cfg, target_loss=target))
                 calibration = selection.fit(node_masks)[1]

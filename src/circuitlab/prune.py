@@ -82,6 +82,7 @@ class PruneConfig:
     necessity: bool = True  # stage 5: add units until ablating the circuit costs what chance does
     edge_cleanup: bool = True  # then the same for single weights (edges) between kept nodes
     cleanup_trials: int = 200  # most loss evaluations each cleanup may spend (dense circuits have thousands)
+    probe_shares: tuple[float, ...] = (0.0625, 0.125, 0.25, 0.5)  # early rejection's probes (`MaskedEvaluator`)
     seed: int = 0
     skip_unsolved: bool = True  # when the full model misses the target, keep every node without training masks
 
@@ -99,6 +100,7 @@ class PruneConfig:
                 "selection_margin": settings.between(0, 1),
                 "scan_ratio": settings.above(1),
                 "cleanup_trials": settings.at_least(0),
+                "probe_shares": (increasing_shares, "increasing shares of the pairs, each strictly between 0 and 1"),
             },
         )
 
@@ -106,18 +108,27 @@ class PruneConfig:
     def of_circuit(cls, circuit: Circuit) -> PruneConfig:
         """The config of the pruning run that found `circuit` (checked like any other settings). Circuits saved
         before check pairs existed were not checked: their config reads as `check_pairs=0`; those saved before
-        stage 5 existed read as `necessity=False`."""
-        config = {"check_pairs": 0, "necessity": False, **circuit.config}
+        stage 5 existed read as `necessity=False`, and those saved before the fourth probe as three probes."""
+        earlier = {"check_pairs": 0, "necessity": False, "probe_shares": (0.0625, 0.125, 0.25)}
+        config = {**earlier, **circuit.config}
         return settings.build(cls, config, source=f"the {circuit.task_name} circuit's config")
 
     @property
     def search_target(self) -> float:
         return self.target_loss * (1 - self.selection_margin)
 
+    def evaluator(self, model: SparseTransformer, masks: NodeMasks, batch: TaskBatch) -> MaskedEvaluator:
+        """A `MaskedEvaluator` of `batch` that rejects early with this config's probes."""
+        return MaskedEvaluator(model, masks, batch, self.probe_shares)
+
     def new_masks(self, model: SparseTransformer, means: dict[str, Tensor]) -> NodeMasks:
         """Untrained masks over `model`'s nodes, initialised as this config says."""
         fields = ("init_mean", "init_std", "heaviside_temp", "tie_qk", "seed")
         return NodeMasks(model, means, **{field: getattr(self, field) for field in fields})
+
+
+def increasing_shares(shares: tuple[float, ...]) -> bool:
+    return all(0 < share < 1 for share in shares) and list(shares) == sorted(set(shares))
 
 
 @dataclass
@@ -220,9 +231,8 @@ def prune_targets(
             pretraining_tokens = sample_pretraining_tokens(model, PRETRAINING_ROWS, cfg.seed)
         means = ablation_values(model, cfg.ablation, pretraining_tokens, pairs.train)
         masks = cfg.new_masks(model, means)
-        selection = MaskedEvaluator(model, masks, pairs.selection)
-        test = MaskedEvaluator(model, masks, pairs.test)
-        check = MaskedEvaluator(model, masks, pairs.check) if pairs.check is not None else None
+        selection, test = cfg.evaluator(model, masks, pairs.selection), cfg.evaluator(model, masks, pairs.test)
+        check = cfg.evaluator(model, masks, pairs.check) if pairs.check is not None else None
         full_model_loss = test.loss(None)
         ablated_model_loss = test.loss(masks.node_masks([]))
         history: list[dict] = []
