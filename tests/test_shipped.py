@@ -62,7 +62,8 @@ def test_every_seed_circuit_pruned_with_check_pairs_holds_on_fresh_pairs_and_is_
     # The check pairs exist so that a circuit chosen on the selection pairs also holds where nothing chose it.
     # Judged on 2,000 fresh pairs: a loss over the 400 test pairs moves by a few hundredths from draw to draw, and
     # string closing's seed 1 misses its own (0.162, the README says so) while it holds on fresh ones (0.119).
-    # Necessity (stage 5 aims at chance on the selection and check pairs) is reported on the test pairs.
+    # Necessity (stage 5 aims at chance on the selection and check pairs, or at the loss of ablating every node where
+    # that is lower: else_elif, which the bigram table answers) is reported on the test pairs.
     checked = [
         circuit
         for folder in ("sparse", "sparse_seed1", "sparse_seed2")
@@ -74,7 +75,8 @@ def test_every_seed_circuit_pruned_with_check_pairs_holds_on_fresh_pairs_and_is_
         held_out = report_pairs(circuit, tasks.get(circuit.task_name), sparse.tokenizer, n_ctx=sparse.cfg.n_ctx)
         assert circuit.loss(sparse, held_out) == pytest.approx(circuit.task_loss, abs=1e-4)
         assert fresh_loss(circuit, sparse, n_pairs=2000) <= circuit.target_loss, circuit.task_name
-        assert circuit.loss(sparse, held_out, invert=True) >= tasks.CHANCE_LOSS - 0.01, circuit.task_name
+        goal = min(tasks.CHANCE_LOSS, circuit.ablated_model_loss)
+        assert circuit.loss(sparse, held_out, invert=True) >= goal - 0.01, circuit.task_name
 
 
 def test_a_foreign_config_over_the_shipped_weights_is_refused(tmp_path):
