@@ -22,7 +22,7 @@ import torch
 from circuitlab import tables, tasks
 from circuitlab.evaluate import copying_gain, nonzero_weights, scores_on_points, task_scores, validation_loss
 from circuitlab.model import SparseTransformer
-from circuitlab.prune import PRETRAINING_ROWS, PruneConfig, sample_pretraining_tokens
+from circuitlab.prune import EARLIER_PROBE_SHARES, PRETRAINING_ROWS, PruneConfig, sample_pretraining_tokens
 from circuitlab.sweep import circuit_row, training_seconds
 from circuitlab.train import METRICS_FILE
 
@@ -37,7 +37,7 @@ PRUNE = PruneConfig(
     cleanup=False,
     necessity=False,
     edge_cleanup=False,
-    probe_shares=(0.0625, 0.125, 0.25),  # the shipped tables were measured before early rejection's fourth probe
+    probe_shares=EARLIER_PROBE_SHARES,  # the shipped tables were measured before early rejection's fourth probe
 )
 TASK_PAIRS = 500  # held-out templated pairs per task: a task is solved when its mean task loss is at most 0.15
 NATURAL_MIN = 20  # natural instances a task needs to count in natural_beats_guess

@@ -17,6 +17,7 @@ from circuitlab.model import SparseTransformer
 from circuitlab.tasks import TaskBatch, length_buckets, pair_rows, select_rows
 
 ABLATIONS = ("mean", "zero", "task_mean")
+PROBE_SHARES = (0.0625, 0.125, 0.25, 0.5)  # early rejection's growing probes, as shares of the pairs
 
 
 class HeavisideSigmoidGrad(torch.autograd.Function):
@@ -194,7 +195,7 @@ class MaskedEvaluator:
         model: SparseTransformer,
         masks: NodeMasks,
         batch: TaskBatch,
-        probe_shares: tuple[float, ...] = (0.0625, 0.125, 0.25, 0.5),
+        probe_shares: tuple[float, ...] = PROBE_SHARES,
         reject_z: float = 2.5,
     ):
         if len(batch) % 2:

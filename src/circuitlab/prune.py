@@ -42,6 +42,7 @@ from circuitlab.corpus import TokenSampler, load_token_streams
 from circuitlab.discretize import greedy_cleanup, smallest_sufficient
 from circuitlab.masks import (
     ABLATIONS,
+    PROBE_SHARES,
     MaskedEvaluator,
     NodeMasks,
     ablation_values,
@@ -52,6 +53,7 @@ from circuitlab.tasks import CHANCE_LOSS, Task, TaskBatch, length_buckets, pair_
 
 PRETRAINING_ROWS = 64  # rows of [n_ctx] validation text that "mean" ablation averages over
 NECESSITY_CANDIDATES = 8  # units stage 5 tries per step, best attribution first, for one that keeps sufficiency
+EARLIER_PROBE_SHARES = (0.0625, 0.125, 0.25)  # early rejection's probes before the fourth (of half the pairs)
 
 
 @dataclass
@@ -82,7 +84,7 @@ class PruneConfig:
     necessity: bool = True  # stage 5: add units until ablating the circuit costs what chance does
     edge_cleanup: bool = True  # then the same for single weights (edges) between kept nodes
     cleanup_trials: int = 200  # most loss evaluations each cleanup may spend (dense circuits have thousands)
-    probe_shares: tuple[float, ...] = (0.0625, 0.125, 0.25, 0.5)  # early rejection's probes (`MaskedEvaluator`)
+    probe_shares: tuple[float, ...] = PROBE_SHARES  # early rejection's probes (`MaskedEvaluator`)
     seed: int = 0
     skip_unsolved: bool = True  # when the full model misses the target, keep every node without training masks
 
@@ -109,7 +111,7 @@ class PruneConfig:
         """The config of the pruning run that found `circuit` (checked like any other settings). Circuits saved
         before check pairs existed were not checked: their config reads as `check_pairs=0`; those saved before
         stage 5 existed read as `necessity=False`, and those saved before the fourth probe as three probes."""
-        earlier = {"check_pairs": 0, "necessity": False, "probe_shares": (0.0625, 0.125, 0.25)}
+        earlier = {"check_pairs": 0, "necessity": False, "probe_shares": EARLIER_PROBE_SHARES}
         config = {**earlier, **circuit.config}
         return settings.build(cls, config, source=f"the {circuit.task_name} circuit's config")
 
