@@ -143,7 +143,7 @@ def test_prune_pairs_are_disjoint_held_out_prompts(tiny_model):
     assert torch.equal(unchecked.test.tokens, pairs.test.tokens)
 
 
-def test_a_circuit_saved_before_check_pairs_stage_5_or_four_probes_reads_as_without_them():
+def test_a_circuit_saved_before_check_pairs_stage_5_or_four_probes_reads_as_without_them(sparse_model):
     circuit = Circuit.load(CIRCUITS_DIR / "sparse" / "single_double_quote")
     circuit.config.pop("check_pairs", None)  # as saved before check pairs existed
     circuit.config.pop("necessity", None)  # and before stage 5
@@ -155,9 +155,8 @@ def test_a_circuit_saved_before_check_pairs_stage_5_or_four_probes_reads_as_with
     circuit.config.update(check_pairs=40, necessity=True, probe_shares=[0.25, 0.5])  # a list, as JSON stores it
     cfg = PruneConfig.of_circuit(circuit)
     assert cfg.check_pairs == 40 and cfg.necessity and cfg.probe_shares == (0.25, 0.5)
-    model = SparseTransformer.from_pretrained(CHECKPOINTS_DIR / "sparse")
-    batch = tasks.get("single_double_quote").batch(model.tokenizer, "test", 16, n_ctx=model.cfg.n_ctx)
-    evaluator = cfg.evaluator(model, trained_masks(model, circuit), batch)
+    batch = tasks.get("single_double_quote").batch(sparse_model.tokenizer, "test", 16, n_ctx=sparse_model.cfg.n_ctx)
+    evaluator = cfg.evaluator(sparse_model, trained_masks(sparse_model, circuit), batch)
     assert [sum(len(bucket) for bucket in part) for part in evaluator.parts] == [8, 8, 16]  # pairs 4, 4, 8
 
 
