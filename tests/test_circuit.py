@@ -3,7 +3,17 @@
 import pytest
 import torch
 
-from circuitlab.circuit import Circuit, Node, circuit_edges, edges_ablated, node_shapes, parse_hook, sublayer_order
+from circuitlab.circuit import (
+    Circuit,
+    Node,
+    circuit_edges,
+    edges_ablated,
+    keep_or_ablate,
+    node_shapes,
+    parse_hook,
+    silent_nodes,
+    sublayer_order,
+)
 from circuitlab.config import SparseTransformerConfig
 from circuitlab.masks import ablation_values
 from circuitlab.model import NODE_LOCATIONS, SparseTransformer
@@ -210,3 +220,29 @@ def test_a_damaged_circuit_is_refused_naming_the_file(model, batch, tmp_path, da
     damage(directory)
     with pytest.raises((ValueError, FileNotFoundError), match=message):
         Circuit.load(directory, model)
+
+
+def test_silent_nodes_are_those_of_sub_layers_whose_writes_are_all_ablated(model):
+    masks = {name: torch.zeros(shape, dtype=torch.bool) for name, shape in node_shapes(model).items()}
+    for name in ("blocks.0.attn.hook_q", "blocks.0.hook_attn_read", "blocks.0.hook_mlp_out"):
+        masks[name].view(-1)[3] = True  # layer 0: attention writes nothing, the MLP writes one channel
+    masks["blocks.1.mlp.hook_post"][7] = True
+    masks["blocks.1.hook_mlp_out"][5] = True  # layer 1: a neuron and the MLP channel it may write
+    silent = {name: [int(i) for i in mask.view(-1).nonzero()] for name, mask in silent_nodes(masks).items()}
+    assert {name: nodes for name, nodes in silent.items() if nodes} == {
+        "blocks.0.attn.hook_q": [3],
+        "blocks.0.hook_attn_read": [3],
+    }
+    means = ablation_values(model, "mean", pretraining_tokens=torch.randint(1, CFG.d_vocab, (4, 12)))
+    quiet = {name: mask & ~silent_nodes(masks)[name] for name, mask in masks.items()}
+    tokens = torch.randint(1, CFG.d_vocab, (2, 8), generator=torch.Generator().manual_seed(0))
+
+    def logits(node_masks: dict[str, torch.Tensor]) -> torch.Tensor:
+        def hook(name: str):
+            keep = node_masks[name].float()
+            return lambda activation, hook: keep_or_ablate(activation, keep, means[name])
+
+        with torch.no_grad():
+            return model.run_with_hooks(tokens, fwd_hooks=[(name, hook(name)) for name in node_masks])
+
+    assert torch.equal(logits(masks), logits(quiet))  # ablating the silent nodes too changes no output

@@ -326,3 +326,37 @@ def test_token_residual_directions_are_the_unembedding_columns_that_give_the_log
     through_directions = final @ directions.T + tiny_model.unembed.b_U[candidates]
     without_bigram = (logits - tiny_model.bigram(tokens))[..., candidates]
     torch.testing.assert_close(through_directions, without_bigram, atol=1e-5, rtol=0)
+
+
+def test_a_constant_write_replaces_its_sub_layer_exactly_and_skips_its_inner_hooks(tiny_model, tokens):
+    cfg = tiny_model.cfg
+    constants = {
+        "blocks.0.hook_mlp_out": torch.randn(cfg.d_model, generator=torch.Generator().manual_seed(1)),
+        "blocks.1.hook_attn_out": torch.randn(cfg.d_model, generator=torch.Generator().manual_seed(2)),
+    }
+
+    def write(name):
+        return lambda activation, hook: constants[name].expand_as(activation)
+
+    with torch.no_grad():
+        expected = tiny_model.run_with_hooks(tokens, fwd_hooks=[(name, write(name)) for name in constants])
+        inner_hooks_ran = []
+        inner = [
+            (name, lambda activation, hook: inner_hooks_ran.append(hook.name))
+            for name in ("blocks.0.hook_mlp_read", "blocks.0.mlp.hook_post", "blocks.1.attn.hook_q")
+        ]
+        with tiny_model.constant_writes(constants):
+            skipped = tiny_model.run_with_hooks(tokens, fwd_hooks=inner)
+        assert torch.equal(skipped, expected) and inner_hooks_ran == []
+        assert not torch.equal(tiny_model(tokens), expected)  # the sub-layers run again on leaving
+    with (
+        pytest.raises(ValueError, match="blocks.0.hook_attn_read"),
+        tiny_model.constant_writes({"blocks.0.hook_attn_read": constants["blocks.0.hook_mlp_out"]}),
+    ):
+        pass
+    with (
+        pytest.raises(ValueError, match="out of range"),
+        tiny_model.constant_writes({"blocks.5.hook_mlp_out": constants["blocks.0.hook_mlp_out"]}),
+    ):
+        pass
+    assert all(block.attn_out_constant is None and block.mlp_out_constant is None for block in tiny_model.blocks)

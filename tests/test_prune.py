@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from circuitlab import SparseTransformer, prune, tasks
-from circuitlab.circuit import Calibration, Circuit, last_position_logits, node_shapes
+from circuitlab.circuit import Calibration, Circuit, keep_or_ablate, last_position_logits, node_shapes, silent_nodes
 from circuitlab.discretize import geometric_grid, greedy_cleanup, smallest_sufficient
 from circuitlab.masks import (
     HeavisideSigmoidGrad,
@@ -262,10 +262,79 @@ def test_early_rejection_pairs_the_probe_with_the_last_masks_measured_in_full(ti
     everything = masks.node_masks(torch.arange(masks.n_units))
     probe = torch.nn.functional.softplus(-evaluator.margins(everything, parts=slice(0, 1)))
     evaluator.references["loss"] = torch.cat([probe, torch.full((len(batch) - len(probe),), 10.0)])
+    evaluator.reference_masks["loss"] = evaluator._applied(everything, invert=False)
     threshold = probe.mean().item() + 1.0
     stopped = evaluator.loss(everything, reject_above=threshold)
     assert evaluator.rejected == 1 and stopped == pytest.approx(evaluator.references["loss"].mean().item())
     assert stopped > threshold
+
+
+def test_an_audit_measures_a_stopped_trial_in_full_without_counting_the_pass(tiny_model):
+    masks = PruneConfig().new_masks(tiny_model, ablation_values(tiny_model, "zero"))
+    batch = tasks.get("single_double_quote").batch(tiny_model.tokenizer, "test", 8, n_ctx=64)
+    evaluator = MaskedEvaluator(tiny_model, masks, batch)
+    evaluator.audit = True
+    everything = masks.node_masks(torch.arange(masks.n_units))
+    full_loss = evaluator.loss(everything)
+    probe = torch.nn.functional.softplus(-evaluator.margins(everything, parts=slice(0, 1)))
+    # A reference far worse off the probe makes the paired estimate wrong: a false rejection, which the audit sees.
+    evaluator.references["loss"] = torch.cat([probe, torch.full((len(batch) - len(probe),), 10.0)])
+    evaluator.reference_masks["loss"] = evaluator._applied(everything, invert=False)
+    passes = evaluator.passes
+    evaluator.loss(everything, reject_above=full_loss + 0.5)
+    assert evaluator.passes == pytest.approx(passes + len(probe) / len(batch))
+    (audit,) = evaluator.audits
+    assert audit["loss"] == pytest.approx(full_loss) and audit["loss"] < audit["threshold"] < audit["estimate"]
+
+
+def test_early_rejection_judges_masks_far_from_its_reference_on_the_probe_alone(tiny_model):
+    masks = PruneConfig().new_masks(tiny_model, ablation_values(tiny_model, "zero"))
+    batch = tasks.get("single_double_quote").batch(tiny_model.tokenizer, "test", 8, n_ctx=64)
+    evaluator = MaskedEvaluator(tiny_model, masks, batch, pair_within=16)
+    everything = masks.node_masks(torch.arange(masks.n_units))
+    full_loss = evaluator.loss(everything)
+    probe = torch.nn.functional.softplus(-evaluator.margins(everything, parts=slice(0, 1)))
+    # The misleading reference of the test above, but for masks 16 nodes away: no pairing, so no false rejection.
+    evaluator.references["loss"] = torch.cat([probe, torch.full((len(batch) - len(probe),), 10.0)])
+    evaluator.reference_masks["loss"] = evaluator._applied(everything, invert=False)
+    evaluator.reference_masks["loss"][:16] = 0
+    assert evaluator.loss(everything, reject_above=full_loss + 0.5) == pytest.approx(full_loss)
+    assert evaluator.rejected == 0
+    # Judged unpaired, the spread is at least the reference's: a probe with no spread of its own is not enough.
+    flat = torch.full((4,), 0.3)
+    assert evaluator._estimate_if_clearly_above(flat, 0.2, reference=None) == pytest.approx(0.3)
+    assert evaluator._estimate_if_clearly_above(flat, 0.2, torch.tensor([0.0, 1.0] * 8), paired=False) is None
+
+
+def test_sub_layers_a_trial_ablates_whole_are_skipped_with_the_same_losses(tiny_model, monkeypatch):
+    means = ablation_values(tiny_model, "mean", pretraining_tokens=torch.randint(1, 1024, (4, 16)))
+    masks = PruneConfig().new_masks(tiny_model, means)
+    batch = tasks.get("single_double_quote").batch(tiny_model.tokenizer, "test", 8, n_ctx=64)
+    evaluator = MaskedEvaluator(tiny_model, masks, batch)
+    node_masks = masks.node_masks(torch.arange(0, masks.n_units, 3))
+    node_masks["blocks.1.hook_attn_out"].zero_()
+    node_masks["blocks.0.hook_mlp_out"].zero_()
+    skipped_writes = []
+    constant_writes = SparseTransformer.constant_writes
+
+    def recording(model, writes):
+        skipped_writes.append(set(writes))
+        return constant_writes(model, writes)
+
+    monkeypatch.setattr(SparseTransformer, "constant_writes", recording)
+    skipped = evaluator.margins(node_masks)
+    assert skipped_writes == [{"blocks.1.hook_attn_out", "blocks.0.hook_mlp_out"}]
+    hooks = [
+        (name, lambda activation, hook, name=name: keep_or_ablate(activation, node_masks[name], means[name]))
+        for name in masks.names
+    ]
+    computed = []
+    with torch.no_grad(), tiny_model.hooks(fwd_hooks=hooks):
+        for bucket in (bucket for part in evaluator.parts for bucket in part):
+            logits, _ = last_position_logits(tiny_model, bucket)
+            rows = torch.arange(len(bucket))
+            computed.append(logits[rows, 0, bucket.target] - logits[rows, 0, bucket.alternative])
+    assert torch.equal(skipped, torch.cat(computed))  # to the bit
 
 
 @pytest.mark.slow
@@ -279,6 +348,7 @@ def test_prune_finds_a_small_sufficient_and_necessary_circuit(sparse_model):
     assert circuit.task_loss <= 0.15 < circuit.ablated_model_loss  # on test pairs the search never saw
     assert circuit.n_nodes < 0.02 * total
     assert circuit.search["removed_by_cleanup"] > 0 and circuit.search["passes"] < 60
+    assert not any(silent.any() for silent in silent_nodes(circuit.masks).values())  # none that cannot matter
     # Ablating just the circuit takes away most of what the model knows: 0.90 here, chance 0.69.
     assert circuit.necessity_loss > 0.5 > 3 * circuit.full_model_loss
     fresh = task.batch(sparse_model.tokenizer, "test", 300, seed=11, n_ctx=sparse_model.cfg.n_ctx)
@@ -341,7 +411,9 @@ def test_units_added_for_the_check_pairs_are_cleaned_up_on_both_pair_sets(tiny_m
         needed = {0, 1} if on_check is None else {0, 1, 7}
         return 0.05 if needed <= kept else 1.0
 
-    monkeypatch.setattr(importlib.import_module("circuitlab.prune"), "calibrated_loss", fake_loss)
+    pruner = importlib.import_module("circuitlab.prune")
+    monkeypatch.setattr(pruner, "calibrated_loss", fake_loss)
+    monkeypatch.setattr(pruner, "without_silent", lambda masks, units: units)  # the fake loss has no sub-layers
     units, found = search_units(masks, selection, PruneConfig(), check)
     assert found["units"] == 2 and found["units_added_by_check"] == 6 and found["removed_by_cleanup"] == 5
     assert units == [0, 1, 7]

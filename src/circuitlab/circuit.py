@@ -41,6 +41,10 @@ LOCATION_OF_HOOK = {template.split("{layer}.")[1]: location for location, templa
 LOCATION_RANK = {location: rank for rank, location in enumerate(NODE_LOCATIONS)}  # forward-pass order
 READ_LOCATIONS = ("attn_read", "mlp_read")
 WRITE_LOCATIONS = ("attn_write", "mlp_write")
+WRITE_OF_SUBLAYER = {  # node location -> the location its sub-layer writes the residual stream through
+    location: "attn_write" if rank <= LOCATION_RANK["attn_write"] else "mlp_write"
+    for location, rank in LOCATION_RANK.items()
+}
 CIRCUIT_FORMAT_VERSION = 3
 CIRCUIT_FIELDS = {"task_name", "ablation", "target_loss", "task_loss", "full_model_loss", "ablated_model_loss"} | {
     "necessity_loss",
@@ -93,6 +97,18 @@ def node_shapes(model: SparseTransformer) -> dict[str, tuple[int, ...]]:
         for layer in range(cfg.n_layers)
         for location, template in NODE_LOCATIONS.items()
     }
+
+
+def silent_nodes(masks: dict[str, Tensor]) -> dict[str, Tensor]:
+    """The kept nodes that cannot change the output (hook name -> bool mask): every node inside a sub-layer whose
+    write channels are all ablated, since that sub-layer then writes its ablation constant whatever they do."""
+    silent = {}
+    for name, keep in masks.items():
+        layer, location = parse_hook(name)
+        write = WRITE_OF_SUBLAYER[location]
+        ablated_whole = location != write and not masks[NODE_LOCATIONS[write].format(layer=layer)].any()
+        silent[name] = keep.bool() & ablated_whole
+    return silent
 
 
 def keep_or_ablate(activation: Tensor, keep: Tensor, value: Tensor) -> Tensor:

@@ -13,11 +13,12 @@ import torch
 from torch import Tensor, nn
 
 from circuitlab.circuit import Calibration, keep_or_ablate, last_position_logits, node_shapes
-from circuitlab.model import SparseTransformer
+from circuitlab.model import WRITE_HOOKS, SparseTransformer
 from circuitlab.tasks import TaskBatch, length_buckets, pair_rows, select_rows
 
 ABLATIONS = ("mean", "zero", "task_mean")
 PROBE_SHARES = (0.0625, 0.125, 0.25, 0.5)  # early rejection's growing probes, as shares of the pairs
+PAIR_WITHIN = 16  # early rejection pairs a trial with its reference only when they differ in fewer nodes
 
 
 class HeavisideSigmoidGrad(torch.autograd.Function):
@@ -184,11 +185,25 @@ class MaskedEvaluator:
     estimate minus `reject_z` standard errors still lies above. The estimate is paired: the whole-batch loss of
     the last masks such a call measured in full, plus the mean per-prompt change from them on the probe, which
     is far less noisy than the probe's own mean when the two masks differ in a few nodes (the first such call
-    uses the probe's mean). Its standard error counts only the prompts not yet measured (a finite-population
-    correction), so a probe of half the pairs can stop the trials that miss by a little. A stopped call returns
-    that estimate, which lies above `reject_above` (the probe's own mean may not); masks that pass are always
-    measured on the whole batch, so every loss at or under `reject_above` is the whole batch's.
+    uses the probe's mean). Pairing pays only near the reference: masks `pair_within` nodes or more apart (the
+    search's scan, which jumps by dozens of nodes) can change the loss of a few prompts a lot, which a small probe
+    misses, and their paired spread looks far smaller than it is; they are judged on the probe's own mean, with a
+    spread at least the reference's own per-prompt spread. The standard error counts only the prompts not yet
+    measured (a finite-population correction), so a probe of half the pairs can stop the trials that miss by a
+    little. A stopped call returns that estimate, which lies above `reject_above` (the probe's own mean may not);
+    masks that pass are always measured on the whole batch, so every loss at or under `reject_above` is the
+    whole batch's.
+
+    A sub-layer whose write channels the masks ablate whole writes its ablation constant whatever it computes,
+    so it is not computed (`SparseTransformer.constant_writes`): the losses are the same to the bit, and a pass
+    over a circuit that lives in a few sub-layers costs a fraction of the whole model's.
+
+    With `audit` set, a stopped call also measures the rest of the batch (not counted in `passes`) and appends
+    what it estimated and what the whole batch gives to `audits`: a stop whose whole-batch loss is at or under
+    `reject_above` was a false rejection.
     """
+
+    audit = False  # measure stopped calls in full too, to check the rule (`benchmarks/early_rejection.py`)
 
     def __init__(
         self,
@@ -197,6 +212,7 @@ class MaskedEvaluator:
         batch: TaskBatch,
         probe_shares: tuple[float, ...] = PROBE_SHARES,
         reject_z: float = 2.5,
+        pair_within: int = PAIR_WITHIN,
     ):
         if len(batch) % 2:
             raise ValueError(
@@ -204,10 +220,12 @@ class MaskedEvaluator:
                 "prompts in adjacent rows), so an even number"
             )
         self.model, self.masks, self.batch = model, masks, batch
-        self.reject_z = reject_z
+        self.reject_z, self.pair_within = reject_z, pair_within
         self.passes = 0.0
         self.rejected = 0  # calls stopped on a probe
         self.references: dict[str, Tensor] = {}  # per-prompt losses of the last masks measured in full, per call
+        self.reference_masks: dict[str, Tensor] = {}  # and those masks, flat, as applied
+        self.audits: list[dict[str, float]] = []  # with `audit`: every stopped call's estimate and true loss
         n_pairs = len(batch) // 2
         order = torch.randperm(n_pairs, generator=torch.Generator().manual_seed(0))
         bounds = sorted({b for b in (round(share * n_pairs) for share in probe_shares) if 0 < b < n_pairs})
@@ -223,21 +241,27 @@ class MaskedEvaluator:
     def margins(self, node_masks: dict[str, Tensor] | None, invert: bool = False, parts: slice = slice(None)) -> Tensor:
         """target minus alternative logit per prompt (part by part, each in bucket order) with `node_masks`
         applied (None: none), over the given parts (default: all)."""
+        if node_masks is None:
+            fixed, writes, hooks = None, {}, []
+        else:
+            fixed = {k: 1 - v for k, v in node_masks.items()} if invert else node_masks
+            # Sub-layers ablated whole are not computed, and a hook that keeps everything, or that ablates a write
+            # already replaced by its constant, would change nothing: exactly the same logits for less work.
+            writes = {n: self.masks.means[n] for n, keep in fixed.items() if n.endswith(WRITE_HOOKS) and not keep.any()}
+            needed = [name not in writes and not fixed[name].all() for name in self.masks.names]
+            hooks = [hook for hook, keep in zip(self.masks.hooks(), needed, strict=True) if keep]
         out = []
-        for part in self.parts[parts]:
-            self.passes += sum(len(b) for b in part) / len(self.batch)
-            for bucket in part:
-                if node_masks is None:
-                    logits, _ = last_position_logits(self.model, bucket)
-                else:
-                    self.masks.fixed = {k: 1 - v for k, v in node_masks.items()} if invert else node_masks
-                    try:
-                        with self.model.hooks(fwd_hooks=self.masks.hooks()):
-                            logits, _ = last_position_logits(self.model, bucket)
-                    finally:
-                        self.masks.fixed = None
-                rows = torch.arange(len(bucket))
-                out.append(logits[rows, 0, bucket.target] - logits[rows, 0, bucket.alternative])
+        self.masks.fixed = fixed
+        try:
+            with self.model.constant_writes(writes), self.model.hooks(fwd_hooks=hooks):
+                for part in self.parts[parts]:
+                    self.passes += sum(len(b) for b in part) / len(self.batch)
+                    for bucket in part:
+                        logits, _ = last_position_logits(self.model, bucket)
+                        rows = torch.arange(len(bucket))
+                        out.append(logits[rows, 0, bucket.target] - logits[rows, 0, bucket.alternative])
+        finally:
+            self.masks.fixed = None
         return torch.cat(out)
 
     def loss(
@@ -285,29 +309,62 @@ class MaskedEvaluator:
         """Per-prompt losses (and what `per_prompt` returns beside them) on the whole batch, or on a probe that
         is clearly above `reject_above`."""
         margins, n_probes = [], len(self.parts) - 1 if reject_above is not None else 0
+        applied = self._applied(node_masks, invert)
+        reference = self.references.get(kind)
+        paired = reference is not None and int((applied != self.reference_masks[kind]).sum()) < self.pair_within
         for i in range(n_probes):
             margins.append(self.margins(node_masks, invert, slice(i, i + 1)))
             losses, extra = per_prompt(torch.cat(margins), slice(0, i + 1))
             assert reject_above is not None  # probes are measured only when there is something to reject
-            estimate = self._estimate_if_clearly_above(losses, reject_above, self.references.get(kind))
+            estimate = self._estimate_if_clearly_above(losses, reject_above, reference, paired)
             if estimate is not None:
                 self.rejected += 1
+                if self.audit:
+                    self._audit(node_masks, invert, margins, per_prompt, i, estimate, reject_above)
                 return torch.full_like(losses, estimate), extra
         margins.append(self.margins(node_masks, invert, slice(n_probes, None)))
         losses, extra = per_prompt(torch.cat(margins), slice(None))
         if reject_above is not None:
-            self.references[kind] = losses
+            self.references[kind], self.reference_masks[kind] = losses, applied
         return losses, extra
 
-    def _estimate_if_clearly_above(self, losses: Tensor, threshold: float, reference: Tensor | None) -> float | None:
-        """The whole batch's loss estimated from the probe's per-prompt `losses` (paired with the `reference`'s on
-        the same prompts when there is one), when it lies above `threshold` by `reject_z` standard errors; else
-        None."""
-        if reference is None:
-            estimate, spread = losses.mean(), losses.std()
-        else:
+    def _applied(self, node_masks: dict[str, Tensor] | None, invert: bool) -> Tensor:
+        """The 0/1 masks a call applies, flat in hook order (None: every node kept)."""
+        if node_masks is None:
+            return torch.ones(self.masks.n_nodes)
+        flat = torch.cat([node_masks[name].flatten() for name in self.masks.names])
+        return 1 - flat if invert else flat
+
+    def _audit(
+        self,
+        node_masks: dict[str, Tensor] | None,
+        invert: bool,
+        margins: list[Tensor],
+        per_prompt: Callable[[Tensor, slice], tuple[Tensor, Any]],
+        probe: int,
+        estimate: float,
+        threshold: float,
+    ) -> None:
+        """Record a stopped call's estimate beside its whole-batch loss (the rest of the batch is not counted)."""
+        passes = self.passes
+        rest = self.margins(node_masks, invert, slice(probe + 1, None))
+        self.passes = passes
+        losses, _ = per_prompt(torch.cat([*margins, rest]), slice(None))
+        self.audits.append({"probe": probe, "estimate": estimate, "loss": losses.mean().item(), "threshold": threshold})
+
+    def _estimate_if_clearly_above(
+        self, losses: Tensor, threshold: float, reference: Tensor | None, paired: bool = True
+    ) -> float | None:
+        """The whole batch's loss estimated from the probe's per-prompt `losses` (`paired` with the `reference`'s
+        on the same prompts, or on their own with at least the reference's spread), when it lies above `threshold`
+        by `reject_z` standard errors; else None."""
+        if reference is not None and paired:
             change = losses - reference[: len(losses)]
             estimate, spread = reference.mean() + change.mean(), change.std()
+        else:
+            estimate, spread = losses.mean(), losses.std()
+            if reference is not None:
+                spread = torch.maximum(spread, reference.std())
         unmeasured = 1 - len(losses) / len(self.batch)  # the share of the whole batch's mean still unknown
         clearly_above = bool(estimate - self.reject_z * spread * (unmeasured / len(losses)) ** 0.5 > threshold)
         return estimate.item() if clearly_above else None

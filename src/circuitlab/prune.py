@@ -14,7 +14,8 @@ The paper's method (its Appendix A.5) in stages 1-3, and what its authors did by
 4. **Cleanup.** Each remaining node (then each edge) is dropped if the circuit still reaches the target without
    it. A few hundred such choices on one pair set would fit that set's noise, so a removal is kept only when
    the circuit reaches the target on the *check* pairs too; if even the search's k misses there, the next units
-   of the ranking are added first, until it holds.
+   of the ranking are added first, until it holds. Last, the nodes left *silent* go without a trial: those of a
+   sub-layer whose every write channel is ablated, which then writes a constant whatever they do.
 5. **Necessity** (after the node cleanup, before the edges'). While ablating the circuit still leaves the loss
    under chance (a backup path outside it carries the answer), the unit outside it whose ablation costs most is
    added (`complete_necessity`).
@@ -37,7 +38,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from circuitlab import settings, tasks
-from circuitlab.circuit import Circuit, Node, circuit_edges, edges_ablated, last_position_logits
+from circuitlab.circuit import Circuit, Node, circuit_edges, edges_ablated, last_position_logits, silent_nodes
 from circuitlab.corpus import TokenSampler, load_token_streams
 from circuitlab.discretize import greedy_cleanup, smallest_sufficient
 from circuitlab.masks import (
@@ -325,7 +326,18 @@ def search_units(
         found["nodes_unsettled_by_cleanup"] = cleaned.unsettled  # > 0: the trial budget ran out first
         found["removed_by_cleanup"] = len(cleaned.removed)
         units = [u for u in units if u not in set(cleaned.removed)]
+        audible = without_silent(masks, units)
+        found["silent_removed"] = len(units) - len(audible)
+        units = audible
     return units, found
+
+
+def without_silent(masks: NodeMasks, units: list[int]) -> list[int]:
+    """`units` less those whose nodes sit in a sub-layer the others ablate whole (`circuit.silent_nodes`):
+    removing them leaves every output exactly as it was, so it takes no trial."""
+    silent = silent_nodes(masks.node_masks(units))
+    gone = set(masks.unit_of[torch.cat([silent[name].flatten() for name in masks.names])].tolist())
+    return [u for u in units if u not in gone]
 
 
 def complete_necessity(
