@@ -315,13 +315,13 @@ def test_sub_layers_a_trial_ablates_whole_are_skipped_with_the_same_losses(tiny_
     node_masks["blocks.1.hook_attn_out"].zero_()
     node_masks["blocks.0.hook_mlp_out"].zero_()
     skipped_writes = []
-    constant_writes = SparseTransformer.constant_writes
+    constant_writes = importlib.import_module("circuitlab.masks").constant_writes
 
     def recording(model, writes):
         skipped_writes.append(set(writes))
         return constant_writes(model, writes)
 
-    monkeypatch.setattr(SparseTransformer, "constant_writes", recording)
+    monkeypatch.setattr(importlib.import_module("circuitlab.masks"), "constant_writes", recording)
     skipped = evaluator.margins(node_masks)
     assert skipped_writes == [{"blocks.1.hook_attn_out", "blocks.0.hook_mlp_out"}]
     hooks = [

@@ -6,17 +6,19 @@ set of 0/1 masks on one batch of contrast pairs, calibrated or not, for the pric
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from circuitlab.circuit import Calibration, keep_or_ablate, last_position_logits, node_shapes
-from circuitlab.model import WRITE_HOOKS, SparseTransformer
+from circuitlab.model import SparseTransformer
 from circuitlab.tasks import TaskBatch, length_buckets, pair_rows, select_rows
 
 ABLATIONS = ("mean", "zero", "task_mean")
+WRITE_HOOKS = ("hook_attn_out", "hook_mlp_out")  # a sub-layer's write to the residual stream
 PROBE_SHARES = (0.0625, 0.125, 0.25, 0.5)  # early rejection's growing probes, as shares of the pairs
 PAIR_WITHIN = 16  # early rejection pairs a trial with its reference only when they differ in fewer nodes
 
@@ -63,6 +65,27 @@ def ablation_values(
     _, cache = model.run_with_cache(tokens, names_filter=lambda name: name in shapes)
     weights = valid.float()
     return {name: torch.einsum("bp...,bp->...", cache[name], weights) / weights.sum() for name in shapes}
+
+
+@contextlib.contextmanager
+def constant_writes(model: SparseTransformer, writes: dict[str, Tensor]) -> Iterator[None]:
+    """Inside the block, each sub-layer of `model` whose write hook (`blocks.{layer}.hook_attn_out` or
+    `hook_mlp_out`) is a key of `writes` is not computed: it writes the given [d_model] constant through that
+    hook instead (the hooks inside it do not run). Pruning uses it for sub-layers whose every write channel is
+    ablated."""
+    fields = {"hook_attn_out": "attn_out_constant", "hook_mlp_out": "mlp_out_constant"}
+    changed = []
+    try:
+        for name, value in writes.items():
+            _, layer, hook = (name.split(".") + ["", ""])[:3]
+            if not layer.isdigit() or int(layer) >= model.cfg.n_layers or hook not in fields or name.count(".") != 2:
+                raise ValueError(f"{name!r} is not a write hook of this model: blocks.<layer>.{'|'.join(fields)}")
+            setattr(model.blocks[int(layer)], fields[hook], value)
+            changed.append((model.blocks[int(layer)], fields[hook]))
+        yield
+    finally:
+        for block, field in changed:
+            setattr(block, field, None)
 
 
 def check_token_range(tokens: Tensor, d_vocab: int, what: str) -> None:
@@ -195,7 +218,7 @@ class MaskedEvaluator:
     whole batch's.
 
     A sub-layer whose write channels the masks ablate whole writes its ablation constant whatever it computes,
-    so it is not computed (`SparseTransformer.constant_writes`): the losses are the same to the bit, and a pass
+    so it is not computed (`constant_writes`): the losses are the same to the bit, and a pass
     over a circuit that lives in a few sub-layers costs a fraction of the whole model's.
 
     With `audit` set, a stopped call also measures the rest of the batch (not counted in `passes`) and appends
@@ -253,7 +276,7 @@ class MaskedEvaluator:
         out = []
         self.masks.fixed = fixed
         try:
-            with self.model.constant_writes(writes), self.model.hooks(fwd_hooks=hooks):
+            with constant_writes(self.model, writes), self.model.hooks(fwd_hooks=hooks):
                 for part in self.parts[parts]:
                     self.passes += sum(len(b) for b in part) / len(self.batch)
                     for bucket in part:

@@ -16,9 +16,8 @@ way. AbsTopK is in `circuitlab.abstopk`.
 
 from __future__ import annotations
 
-import contextlib
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import cast
 
@@ -270,8 +269,7 @@ class TransformerBlock(nn.Module):
         self.hook_mlp_out = HookPoint()
         self.hook_resid_post = HookPoint()
 
-        # Sub-layers not computed: a [d_model] constant each writes instead (`SparseTransformer.constant_writes`).
-        self.attn_out_constant: Tensor | None = None
+        self.attn_out_constant: Tensor | None = None  # written instead of computing (`masks.constant_writes`)
         self.mlp_out_constant: Tensor | None = None
 
     def attention_sublayer(self, resid_pre: Tensor) -> Tensor:
@@ -292,17 +290,6 @@ class TransformerBlock(nn.Module):
 
 
 TokensInput = str | Sequence[str] | Tensor
-WRITE_HOOKS = ("hook_attn_out", "hook_mlp_out")  # a sub-layer's write to the residual stream
-
-
-def parse_write_hook(name: str, n_layers: int) -> tuple[int, str]:
-    """'blocks.2.hook_mlp_out' -> (2, 'hook_mlp_out'); ValueError for any other name."""
-    parts = name.split(".")
-    if len(parts) != 3 or parts[0] != "blocks" or not parts[1].isdigit() or parts[2] not in WRITE_HOOKS:
-        raise ValueError(f"{name!r} is not a sub-layer's write hook; expected blocks.<layer>.{'|'.join(WRITE_HOOKS)}")
-    if int(parts[1]) >= n_layers:
-        raise ValueError(f"{name!r}: layer {parts[1]} is out of range for a model of {n_layers} layers")
-    return int(parts[1]), parts[2]
 
 
 class SparseTransformer(HookedRootModule):
@@ -401,24 +388,6 @@ class SparseTransformer(HookedRootModule):
         return self.W_U[:, torch.as_tensor(tokens)].movedim(0, -1)
 
     # ------------------------------------------------------------------ forward
-
-    @contextlib.contextmanager
-    def constant_writes(self, writes: dict[str, Tensor]) -> Iterator[None]:
-        """Inside the block, each sub-layer whose write hook is a key of `writes` (`blocks.{layer}.hook_attn_out`
-        or `hook_mlp_out`) is not computed: it adds the given [d_model] constant to the residual stream, through
-        its write hook, and the hooks inside it do not run. Where a circuit ablates every channel a sub-layer
-        writes, its output is that constant whatever the sub-layer computes, so pruning skips the work."""
-        fields = {"hook_attn_out": "attn_out_constant", "hook_mlp_out": "mlp_out_constant"}
-        set_fields = []
-        try:
-            for name, value in writes.items():
-                layer, hook = parse_write_hook(name, self.cfg.n_layers)
-                setattr(self.blocks[layer], fields[hook], value)
-                set_fields.append((self.blocks[layer], fields[hook]))
-            yield
-        finally:
-            for block, field in set_fields:
-                setattr(block, field, None)
 
     @property
     def residual_sites(self) -> list[str]:
