@@ -13,12 +13,18 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from circuitlab.circuit import Calibration, keep_or_ablate, last_position_logits, node_shapes
+from circuitlab.circuit import (
+    WRITE_LOCATIONS,
+    Calibration,
+    keep_or_ablate,
+    last_position_logits,
+    node_shapes,
+    parse_hook,
+)
 from circuitlab.model import SparseTransformer
 from circuitlab.tasks import TaskBatch, length_buckets, pair_rows, select_rows
 
 ABLATIONS = ("mean", "zero", "task_mean")
-WRITE_HOOKS = ("hook_attn_out", "hook_mlp_out")  # a sub-layer's write to the residual stream
 PROBE_SHARES = (0.0625, 0.125, 0.25, 0.5)  # early rejection's growing probes, as shares of the pairs
 PAIR_WITHIN = 16  # early rejection pairs a trial with its reference only when they differ in fewer nodes
 
@@ -73,15 +79,17 @@ def constant_writes(model: SparseTransformer, writes: dict[str, Tensor]) -> Iter
     `hook_mlp_out`) is a key of `writes` is not computed: it writes the given [d_model] constant through that
     hook instead (the hooks inside it do not run). Pruning uses it for sub-layers whose every write channel is
     ablated."""
-    fields = {"hook_attn_out": "attn_out_constant", "hook_mlp_out": "mlp_out_constant"}
-    changed = []
+    fields = {"attn_write": "attn_out_constant", "mlp_write": "mlp_out_constant"}
+    changed, node_locations = [], node_shapes(model)
     try:
         for name, value in writes.items():
-            _, layer, hook = (name.split(".") + ["", ""])[:3]
-            if not layer.isdigit() or int(layer) >= model.cfg.n_layers or hook not in fields or name.count(".") != 2:
-                raise ValueError(f"{name!r} is not a write hook of this model: blocks.<layer>.{'|'.join(fields)}")
-            setattr(model.blocks[int(layer)], fields[hook], value)
-            changed.append((model.blocks[int(layer)], fields[hook]))
+            layer, location = parse_hook(name) if name in node_locations else (-1, "")
+            if location not in fields:
+                raise ValueError(
+                    f"{name!r} is not a write hook of this model: blocks.<layer>.hook_attn_out|hook_mlp_out"
+                )
+            setattr(model.blocks[layer], fields[location], value)
+            changed.append((model.blocks[layer], fields[location]))
         yield
     finally:
         for block, field in changed:
@@ -270,7 +278,11 @@ class MaskedEvaluator:
             fixed = {k: 1 - v for k, v in node_masks.items()} if invert else node_masks
             # Sub-layers ablated whole are not computed, and a hook that keeps everything, or that ablates a write
             # already replaced by its constant, would change nothing: exactly the same logits for less work.
-            writes = {n: self.masks.means[n] for n, keep in fixed.items() if n.endswith(WRITE_HOOKS) and not keep.any()}
+            writes = {
+                n: self.masks.means[n]
+                for n, keep in fixed.items()
+                if parse_hook(n)[1] in WRITE_LOCATIONS and not keep.any()
+            }
             needed = [name not in writes and not fixed[name].all() for name in self.masks.names]
             hooks = [hook for hook, keep in zip(self.masks.hooks(), needed, strict=True) if keep]
         out = []
