@@ -246,3 +246,20 @@ def test_silent_nodes_are_those_of_sub_layers_whose_writes_are_all_ablated(model
             return model.run_with_hooks(tokens, fwd_hooks=[(name, hook(name)) for name in node_masks])
 
     assert torch.equal(logits(masks), logits(quiet))  # ablating the silent nodes too changes no output
+
+
+def test_circuit_loss_skips_sub_layers_it_ablates_whole_with_the_same_losses(model, batch, monkeypatch):
+    circuit = sparse_circuit(model, batch)  # nothing kept in layer 0: both its sub-layers write constants
+    edge = next(e for e in circuit.edges if e.target.location == "mlp_neuron")
+    circuit.removed_edges = [(edge.source, edge.target)]
+    inner_hook_ran = []
+    model.add_hook("blocks.0.attn.hook_q", lambda activation, hook: inner_hook_ran.append(hook.name))
+    skipped = [circuit.loss(model, batch, calibrated=False)]
+    model.reset_hooks()
+    assert inner_hook_ran == []  # layer 0's attention was not computed for the circuit
+    skipped.append(circuit.loss(model, batch, invert=True, calibrated=False))
+    every_hook = set(circuit.masks)
+    monkeypatch.setattr("circuitlab.circuit.skippable", lambda keep, values: ({}, every_hook))
+    computed = [circuit.loss(model, batch, invert=invert, calibrated=False) for invert in (False, True)]
+    assert skipped == computed  # to the bit, the circuit and its complement alike
+    assert skipped[0] != skipped[1]

@@ -9,8 +9,8 @@ from transformer_lens import ActivationCache
 from transformer_lens.utilities import get_act_name
 
 from circuitlab import tasks
+from circuitlab.circuit import constant_writes
 from circuitlab.config import SparseTransformerConfig
-from circuitlab.masks import constant_writes
 from circuitlab.model import NODE_LOCATIONS, SparseTransformer
 
 

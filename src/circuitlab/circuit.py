@@ -117,6 +117,37 @@ def keep_or_ablate(activation: Tensor, keep: Tensor, value: Tensor) -> Tensor:
     return activation * keep + value * (1 - keep)
 
 
+@contextlib.contextmanager
+def constant_writes(model: SparseTransformer, writes: dict[str, Tensor]) -> Iterator[None]:
+    """Inside the block, each sub-layer of `model` whose write hook (`blocks.{layer}.hook_attn_out` or
+    `hook_mlp_out`) is a key of `writes` is not computed: it writes the given [d_model] constant through that
+    hook instead (the hooks inside it do not run): what a sub-layer whose every write channel is ablated writes
+    whatever it computes (`skippable`)."""
+    fields = {"attn_write": "attn_out_constant", "mlp_write": "mlp_out_constant"}
+    changed, node_locations = [], node_shapes(model)
+    try:
+        for name, value in writes.items():
+            layer, location = parse_hook(name) if name in node_locations else (-1, "")
+            if location not in fields:
+                raise ValueError(
+                    f"{name!r} is not a write hook of this model: blocks.<layer>.hook_attn_out|hook_mlp_out"
+                )
+            setattr(model.blocks[layer], fields[location], value)
+            changed.append((model.blocks[layer], fields[location]))
+        yield
+    finally:
+        for block, field in changed:
+            setattr(block, field, None)
+
+
+def skippable(keep: dict[str, Tensor], values: dict[str, Tensor]) -> tuple[dict[str, Tensor], set[str]]:
+    """How to run 0/1 `keep` masks (hook name -> mask) for less work and the same logits to the bit: the write
+    hooks whose every channel is ablated, each with the constant its sub-layer then writes (`constant_writes`),
+    and the hooks that still change anything (one that keeps everything, or sits on a replaced write, does not)."""
+    writes = {name: values[name] for name, k in keep.items() if parse_hook(name)[1] in WRITE_LOCATIONS and not k.any()}
+    return writes, {name for name, k in keep.items() if name not in writes and not k.all()}
+
+
 def last_position_logits(model: SparseTransformer, batch: TaskBatch) -> tuple[Tensor, TaskBatch]:
     """Logits at each prompt's last position only ([n, 1, vocab]) and the batch re-indexed to match. The last
     MLP sub-layer and the unembedding act on each position alone, so they run on the last positions only: on
@@ -271,31 +302,30 @@ class Circuit:
 
     # ------------------------------------------------------------------ running
 
+    def kept(self, invert: bool = False) -> dict[str, Tensor]:
+        """The 0/1 float mask of each hook point (with invert, the circuit's complement)."""
+        return {name: 1 - mask.float() if invert else mask.float() for name, mask in self.masks.items()}
+
     def hooks(self, invert: bool = False) -> list[tuple[str | Callable, Callable]]:
         """Forward hooks that ablate every node outside the circuit (or, with invert, every node in it)."""
 
-        def make_hook(name: str):
-            keep = self.masks[name].float()
-            if invert:
-                keep = 1 - keep
-            value = self.ablation_values[name]
+        def make_hook(keep: Tensor, value: Tensor):
+            return lambda activation, hook: keep_or_ablate(activation, keep, value)
 
-            def hook(activation: Tensor, hook) -> Tensor:
-                return keep_or_ablate(activation, keep, value)
-
-            return hook
-
-        return [(name, make_hook(name)) for name in self.masks]
+        return [(name, make_hook(keep, self.ablation_values[name])) for name, keep in self.kept(invert).items()]
 
     @torch.no_grad()
     def loss(self, model: SparseTransformer, batch, invert: bool = False, calibrated: bool = True) -> float:
         """Task loss on `batch` with everything outside the circuit ablated, calibrated as the circuit was
-        fitted (or, with invert, the circuit itself ablated; no calibration then)."""
+        fitted (or, with invert, the circuit itself ablated; no calibration then). Sub-layers ablated whole are
+        not computed (`skippable`)."""
         total = 0.0
+        writes, needed = skippable(self.kept(invert), self.ablation_values)
         with (
             torch.no_grad(),
             edges_ablated(model, [] if invert else self.removed_edges, self.ablation_values),
-            model.hooks(fwd_hooks=self.hooks(invert)),
+            constant_writes(model, writes),
+            model.hooks(fwd_hooks=[(name, hook) for name, hook in self.hooks(invert) if name in needed]),
         ):
             for bucket in length_buckets(batch):  # prompts of similar length: little compute spent on padding
                 logits, at_last = last_position_logits(model, bucket)

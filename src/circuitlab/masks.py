@@ -6,20 +6,19 @@ set of 0/1 masks on one batch of contrast pairs, calibrated or not, for the pric
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from circuitlab.circuit import (
-    WRITE_LOCATIONS,
     Calibration,
+    constant_writes,
     keep_or_ablate,
     last_position_logits,
     node_shapes,
-    parse_hook,
+    skippable,
 )
 from circuitlab.model import SparseTransformer
 from circuitlab.tasks import TaskBatch, length_buckets, pair_rows, select_rows
@@ -71,29 +70,6 @@ def ablation_values(
     _, cache = model.run_with_cache(tokens, names_filter=lambda name: name in shapes)
     weights = valid.float()
     return {name: torch.einsum("bp...,bp->...", cache[name], weights) / weights.sum() for name in shapes}
-
-
-@contextlib.contextmanager
-def constant_writes(model: SparseTransformer, writes: dict[str, Tensor]) -> Iterator[None]:
-    """Inside the block, each sub-layer of `model` whose write hook (`blocks.{layer}.hook_attn_out` or
-    `hook_mlp_out`) is a key of `writes` is not computed: it writes the given [d_model] constant through that
-    hook instead (the hooks inside it do not run). Pruning uses it for sub-layers whose every write channel is
-    ablated."""
-    fields = {"attn_write": "attn_out_constant", "mlp_write": "mlp_out_constant"}
-    changed, node_locations = [], node_shapes(model)
-    try:
-        for name, value in writes.items():
-            layer, location = parse_hook(name) if name in node_locations else (-1, "")
-            if location not in fields:
-                raise ValueError(
-                    f"{name!r} is not a write hook of this model: blocks.<layer>.hook_attn_out|hook_mlp_out"
-                )
-            setattr(model.blocks[layer], fields[location], value)
-            changed.append((model.blocks[layer], fields[location]))
-        yield
-    finally:
-        for block, field in changed:
-            setattr(block, field, None)
 
 
 def check_token_range(tokens: Tensor, d_vocab: int, what: str) -> None:
@@ -276,15 +252,8 @@ class MaskedEvaluator:
             fixed, writes, hooks = None, {}, []
         else:
             fixed = {k: 1 - v for k, v in node_masks.items()} if invert else node_masks
-            # Sub-layers ablated whole are not computed, and a hook that keeps everything, or that ablates a write
-            # already replaced by its constant, would change nothing: exactly the same logits for less work.
-            writes = {
-                n: self.masks.means[n]
-                for n, keep in fixed.items()
-                if parse_hook(n)[1] in WRITE_LOCATIONS and not keep.any()
-            }
-            needed = [name not in writes and not fixed[name].all() for name in self.masks.names]
-            hooks = [hook for hook, keep in zip(self.masks.hooks(), needed, strict=True) if keep]
+            writes, needed = skippable(fixed, self.masks.means)
+            hooks = [hook for hook, name in zip(self.masks.hooks(), self.masks.names, strict=True) if name in needed]
         out = []
         self.masks.fixed = fixed
         try:

@@ -269,7 +269,7 @@ class TransformerBlock(nn.Module):
         self.hook_mlp_out = HookPoint()
         self.hook_resid_post = HookPoint()
 
-        self.attn_out_constant: Tensor | None = None  # written instead of computing (`masks.constant_writes`)
+        self.attn_out_constant: Tensor | None = None  # written instead of computing (`circuit.constant_writes`)
         self.mlp_out_constant: Tensor | None = None
 
     def attention_sublayer(self, resid_pre: Tensor) -> Tensor:
