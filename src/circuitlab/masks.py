@@ -248,9 +248,10 @@ class MaskedEvaluator:
     def margins(self, node_masks: dict[str, Tensor] | None, invert: bool = False, parts: slice = slice(None)) -> Tensor:
         """target minus alternative logit per prompt (part by part, each in bucket order) with `node_masks`
         applied (None: none), over the given parts (default: all)."""
-        if node_masks is None:
-            fixed, writes, hooks = None, {}, []
-        else:
+        fixed: dict[str, Tensor] | None = None
+        writes: dict[str, Tensor] = {}
+        hooks: list = []
+        if node_masks is not None:
             fixed = {k: 1 - v for k, v in node_masks.items()} if invert else node_masks
             writes, needed = skippable(fixed, self.masks.means)
             hooks = [hook for hook, name in zip(self.masks.hooks(), self.masks.names, strict=True) if name in needed]
