@@ -121,8 +121,8 @@ def keep_or_ablate(activation: Tensor, keep: Tensor, value: Tensor) -> Tensor:
 def constant_writes(model: SparseTransformer, writes: dict[str, Tensor]) -> Iterator[None]:
     """Inside the block, each sub-layer of `model` whose write hook (`blocks.{layer}.hook_attn_out` or
     `hook_mlp_out`) is a key of `writes` is not computed: it writes the given [d_model] constant through that
-    hook instead (the hooks inside it do not run): what a sub-layer whose every write channel is ablated writes
-    whatever it computes (`skippable`)."""
+    hook instead, and the hooks inside it do not run. A sub-layer whose every write channel is ablated writes
+    exactly that constant whatever it computes (`skippable`)."""
     fields = {"attn_write": "attn_out_constant", "mlp_write": "mlp_out_constant"}
     changed, node_locations = [], node_shapes(model)
     try:
