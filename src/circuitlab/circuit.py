@@ -99,15 +99,20 @@ def node_shapes(model: SparseTransformer) -> dict[str, tuple[int, ...]]:
     }
 
 
+def ablated_writes(masks: dict[str, Tensor]) -> set[str]:
+    """The write hooks whose every channel `masks` (hook name -> 0/1 mask) ablate: their sub-layers then write
+    their ablation constant whatever they compute."""
+    return {name for name, keep in masks.items() if parse_hook(name)[1] in WRITE_LOCATIONS and not keep.any()}
+
+
 def silent_nodes(masks: dict[str, Tensor]) -> dict[str, Tensor]:
     """The kept nodes that cannot change the output (hook name -> bool mask): every node inside a sub-layer whose
-    write channels are all ablated, since that sub-layer then writes its ablation constant whatever they do."""
-    silent = {}
+    write channels are all ablated (`ablated_writes`)."""
+    ablated, silent = ablated_writes(masks), {}
     for name, keep in masks.items():
         layer, location = parse_hook(name)
-        write = WRITE_OF_SUBLAYER[location]
-        ablated_whole = location != write and not masks[NODE_LOCATIONS[write].format(layer=layer)].any()
-        silent[name] = keep.bool() & ablated_whole
+        write = NODE_LOCATIONS[WRITE_OF_SUBLAYER[location]].format(layer=layer)
+        silent[name] = keep.bool() & (name != write and write in ablated)
     return silent
 
 
@@ -144,7 +149,7 @@ def skippable(keep: dict[str, Tensor], values: dict[str, Tensor]) -> tuple[dict[
     """How to run 0/1 `keep` masks (hook name -> mask) for less work and the same logits to the bit: the write
     hooks whose every channel is ablated, each with the constant its sub-layer then writes (`constant_writes`),
     and the hooks that still change anything (one that keeps everything, or sits on a replaced write, does not)."""
-    writes = {name: values[name] for name, k in keep.items() if parse_hook(name)[1] in WRITE_LOCATIONS and not k.any()}
+    writes = {name: values[name] for name in ablated_writes(keep)}
     return writes, {name for name, k in keep.items() if name not in writes and not k.all()}
 
 
