@@ -146,7 +146,7 @@ def constant_writes(model: SparseTransformer, writes: dict[str, Tensor]) -> Iter
 
 
 def skippable(keep: dict[str, Tensor], values: dict[str, Tensor]) -> tuple[dict[str, Tensor], set[str]]:
-    """How to run 0/1 `keep` masks (hook name -> mask) for less work and the same logits to the bit: the write
+    """How to run 0/1 `keep` masks (hook name -> mask) for less work and the same logits: the write
     hooks whose every channel is ablated, each with the constant its sub-layer then writes (`constant_writes`),
     and the hooks that still change anything (one that keeps everything, or sits on a replaced write, does not)."""
     writes = {name: values[name] for name in ablated_writes(keep)}
@@ -154,14 +154,16 @@ def skippable(keep: dict[str, Tensor], values: dict[str, Tensor]) -> tuple[dict[
 
 
 def last_position_logits(model: SparseTransformer, batch: TaskBatch) -> tuple[Tensor, TaskBatch]:
-    """Logits at each prompt's last position only ([n, 1, vocab]) and the batch re-indexed to match. The last
-    MLP sub-layer and the unembedding act on each position alone, so they run on the last positions only: on
-    every other position they would be wasted work."""
-    before_last_mlp = model.residual_sites[-2]
-    resid = model(batch.tokens, stop_at=before_last_mlp)
-    rows = torch.arange(len(batch))
-    last_tokens = batch.tokens[rows, batch.last][:, None]
-    logits = model(resid[rows, batch.last][:, None], start_at=before_last_mlp, tokens=last_tokens)
+    """Logits at each prompt's last position only ([n, 1, vocab]) and the batch re-indexed to match. Only
+    attention moves information between positions, so everything after the last attention sub-layer that is
+    computed (not replaced by a constant, `constant_writes`) runs on the last positions alone, and that
+    sub-layer computes one query per prompt: elsewhere it would be wasted work."""
+    computed = [layer for layer, block in enumerate(model.blocks) if block.attn_out_constant is None]
+    layer = computed[-1] if computed else 0
+    resid = model(batch.tokens, stop_at=f"blocks.{layer}.hook_resid_pre")
+    resid = model.blocks[layer].attention_sublayer(resid, batch.last)
+    last_tokens = batch.tokens[torch.arange(len(batch)), batch.last][:, None]
+    logits = model(resid, start_at=f"blocks.{layer}.hook_resid_mid", tokens=last_tokens)
     return logits, TaskBatch(batch.tokens, torch.zeros_like(batch.last), batch.target, batch.alternative)
 
 

@@ -202,8 +202,9 @@ class MaskedEvaluator:
     whole batch's.
 
     A sub-layer whose write channels the masks ablate whole writes its ablation constant whatever it computes,
-    so it is not computed (`constant_writes`): the losses are the same to the bit, and a pass
-    over a circuit that lives in a few sub-layers costs a fraction of the whole model's.
+    so it is not computed (`constant_writes`), and every sub-layer after the last attention still computed runs
+    on the prompts' last positions alone (`last_position_logits`): a pass over a circuit that lives in a few
+    sub-layers costs a fraction of the whole model's, for the same losses up to float rounding.
 
     With `audit` set, a stopped call also measures the rest of the batch (not counted in `passes`) and appends
     what it estimated and what the whole batch gives to `audits`: a stop whose whole-batch loss is at or under

@@ -110,6 +110,11 @@ def is_hooked(hook_point: HookPoint) -> bool:
     )
 
 
+def stacked(module: str, name: str) -> property:
+    """A property stacking every block's `module.name` parameter over layers, as HookedTransformer's W_Q etc."""
+    return property(lambda model: torch.stack([getattr(getattr(block, module), name) for block in model.blocks]))
+
+
 def make_norm(cfg: SparseTransformerConfig) -> nn.Module:
     return RMSNorm(cfg) if cfg.normalization_type == "RMS" else LayerNorm(cfg)
 
@@ -181,7 +186,9 @@ class Attention(nn.Module):
         self.hook_pattern = HookPoint()  # [batch, head, query_pos, key_pos]; rows sum to 1 - sink weight
         self.hook_z = HookPoint()  # [batch, pos, head, d_head]
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, last: Tensor | None = None) -> Tensor:
+        """The output at every position, or with `last` ([batch] positions) at each row's `last` position alone
+        ([batch, 1, d_model]): one query per row, over the keys and values of every position."""
         batch, n_pos, d_model = x.shape
         n_heads, d_head = self.cfg.n_heads, self.cfg.d_head
         # q, k and v in one matmul; AbsTopK runs on each of them jointly over heads.
@@ -189,15 +196,18 @@ class Attention(nn.Module):
         b_qkv = torch.cat([self.b_Q.flatten(), self.b_K.flatten(), self.b_V.flatten()])
         qkv = self.topk_qkv(affine(x, W_qkv, b_qkv).view(batch, n_pos, 3, -1)).view(batch, n_pos, 3, n_heads, d_head)
         q, k, v = qkv.unbind(dim=2)  # (indexing would make the backward fill three zero tensors of qkv's size)
+        if last is not None:
+            q = q[torch.arange(batch), last, None]
         q, k, v = self.hook_q(q), self.hook_k(k), self.hook_v(v)
         pattern_hooked = is_hooked(self.hook_attn_scores) or is_hooked(self.hook_pattern)
-        # Fused sinks use the CPU flash-attention kernels; elsewhere attention with sinks runs explicit.
-        if pattern_hooked or (self.sink_logits is not None and x.device.type != "cpu"):
-            z = self.explicit_attention(q, k, v)
+        # Fused sinks use the CPU flash-attention kernels; elsewhere attention with sinks runs explicit, and so
+        # does a single query per row, whose pattern is small.
+        if last is not None or pattern_hooked or (self.sink_logits is not None and x.device.type != "cpu"):
+            z = self.explicit_attention(q, k, v, last)
         else:
             z = self.fused_attention(q, k, v)
         z = self.hook_z(z)
-        return affine(z.reshape(batch, n_pos, -1), self.W_O.reshape(-1, d_model), self.b_O)
+        return affine(z.flatten(2), self.W_O.reshape(-1, d_model), self.b_O)
 
     def qkv_matrices(self) -> tuple[Tensor, Tensor, Tensor]:
         """W_Q, W_K and W_V as [d_model, n_heads * d_head] matrices, column head * d_head + dim: the numbering
@@ -206,15 +216,17 @@ class Attention(nn.Module):
         W_Q, W_K, W_V = (W.permute(1, 0, 2).reshape(d_model, -1) for W in (self.W_Q, self.W_K, self.W_V))
         return W_Q, W_K, W_V
 
-    def explicit_attention(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-        """z from the attention scores and pattern, materialised so that their hook points see them."""
-        batch, n_pos = q.shape[:2]
+    def explicit_attention(self, q: Tensor, k: Tensor, v: Tensor, last: Tensor | None = None) -> Tensor:
+        """z from the attention scores and pattern, materialised so that their hook points see them (with
+        `last`, q holds one query per row, at that row's `last` position)."""
+        batch, n_queries, n_keys = *q.shape[:2], k.shape[1]
         scores = (q * self.cfg.d_head**-0.5).transpose(1, 2) @ k.permute(0, 2, 3, 1)
-        scores = self.hook_attn_scores(scores + self.causal_bias[:n_pos, :n_pos])
+        causal = self.causal_bias[:n_keys, :n_keys] if last is None else self.causal_bias[last, None, None, :n_keys]
+        scores = self.hook_attn_scores(scores + causal)
         if self.sink_logits is None:
             pattern = scores.softmax(dim=-1)
         else:
-            sink = self.sink_logits.view(1, -1, 1, 1).expand(batch, -1, n_pos, 1)
+            sink = self.sink_logits.view(1, -1, 1, 1).expand(batch, -1, n_queries, 1)
             pattern = torch.cat([scores, sink], dim=-1).softmax(dim=-1)[..., :-1]
         pattern = self.hook_pattern(pattern)
         return (pattern @ v.transpose(1, 2)).transpose(1, 2)
@@ -272,13 +284,15 @@ class TransformerBlock(nn.Module):
         self.attn_out_constant: Tensor | None = None  # written instead of computing (`circuit.constant_writes`)
         self.mlp_out_constant: Tensor | None = None
 
-    def attention_sublayer(self, resid_pre: Tensor) -> Tensor:
+    def attention_sublayer(self, resid_pre: Tensor, last: Tensor | None = None) -> Tensor:
+        """The residual stream after attention; with `last` ([batch] positions), at those positions alone."""
+        resid = resid_pre if last is None else resid_pre[torch.arange(len(last)), last, None]
         if self.attn_out_constant is not None:
-            attn_out = self.hook_attn_out(self.attn_out_constant.expand_as(resid_pre))
+            attn_out = self.hook_attn_out(self.attn_out_constant.expand_as(resid))
         else:
             read = self.hook_attn_read(self.topk_attn_read(self.ln1(resid_pre)))
-            attn_out = self.hook_attn_out(self.topk_attn_write(self.attn(read)))
-        return self.hook_resid_mid(resid_pre + attn_out)
+            attn_out = self.hook_attn_out(self.topk_attn_write(self.attn(read, last)))
+        return self.hook_resid_mid(resid + attn_out)
 
     def mlp_sublayer(self, resid_mid: Tensor) -> Tensor:
         if self.mlp_out_constant is not None:
@@ -555,32 +569,12 @@ class SparseTransformer(HookedRootModule):
         """Which weights survive sparsification (pruned weights are stored as exact zeros)."""
         return {name: param.detach() != 0 for name, (param, _) in self.weight_matrices().items()}
 
-    def _stack(self, module: str, name: str) -> Tensor:
-        return torch.stack([getattr(getattr(block, module), name) for block in self.blocks])
-
-    @property
-    def W_Q(self) -> Tensor:
-        return self._stack("attn", "W_Q")  # [n_layers, n_heads, d_model, d_head]
-
-    @property
-    def W_K(self) -> Tensor:
-        return self._stack("attn", "W_K")
-
-    @property
-    def W_V(self) -> Tensor:
-        return self._stack("attn", "W_V")
-
-    @property
-    def W_O(self) -> Tensor:
-        return self._stack("attn", "W_O")  # [n_layers, n_heads, d_head, d_model]
-
-    @property
-    def W_in(self) -> Tensor:
-        return self._stack("mlp", "W_in")  # [n_layers, d_model, d_mlp]
-
-    @property
-    def W_out(self) -> Tensor:
-        return self._stack("mlp", "W_out")  # [n_layers, d_mlp, d_model]
+    W_Q = stacked("attn", "W_Q")  # [n_layers, n_heads, d_model, d_head]
+    W_K = stacked("attn", "W_K")
+    W_V = stacked("attn", "W_V")
+    W_O = stacked("attn", "W_O")  # [n_layers, n_heads, d_head, d_model]
+    W_in = stacked("mlp", "W_in")  # [n_layers, d_model, d_mlp]
+    W_out = stacked("mlp", "W_out")  # [n_layers, d_mlp, d_model]
 
     @property
     def W_E(self) -> Tensor:
