@@ -56,6 +56,16 @@ def test_search_returns_the_first_crossing_of_a_non_monotone_curve():
     assert low == 1500
 
 
+def test_a_scan_growing_by_a_quarter_finds_a_dip_that_a_doubling_steps_over():
+    # The shape measured on bracket_counting's trained masks: the loss holds at about 150-240 top units, misses
+    # narrowly at 256-700, and holds again from about 750. A doubling scan probes 128 and 256, both misses.
+    def loss(k):
+        return 0.10 if 150 <= k <= 240 or k >= 750 else 0.14
+
+    assert smallest_sufficient(loss, target=0.1275, n_total=1639, ratio=2.0) == 750
+    assert smallest_sufficient(loss, target=0.1275, n_total=1639, ratio=PruneConfig().scan_ratio) == 150
+
+
 def test_search_edge_cases():
     assert smallest_sufficient(lambda k: 0.5, target=0.1, n_total=50) == 50  # unreachable: keep everything
     assert smallest_sufficient(lambda k: 0.0, target=0.1, n_total=50) == 0  # nothing needed
