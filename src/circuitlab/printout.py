@@ -15,7 +15,7 @@ the value with no sink weight (marked ≈ when the model has sinks).
 What the listing cannot show is the AbsTopK at every node location: a kept channel passes at a position only
 while it is among the location's k largest in magnitude, ranked against the pruned channels' *live* values.
 On the shipped circuits this gating matters (turning AbsTopK off raises `single_double_quote`'s held-out
-loss from 0.118 to 0.181 and `bracket_counting`'s from 0.139 to 0.935), so a circuit is read with its gates
+loss from 0.118 to 0.181 and `bracket_counting`'s from 0.135 to 0.915), so a circuit is read with its gates
 in mind, and checked by running it (`Circuit.loss`, `Circuit.to_model`), not by the listing alone.
 """
 
