@@ -27,7 +27,7 @@ import pytest
 import torch
 
 from circuitlab import controls, tasks
-from circuitlab.circuit import node_shapes
+from circuitlab.circuit import Circuit, node_shapes
 from circuitlab.config import SparseTransformerConfig
 from circuitlab.masks import MaskedEvaluator, NodeMasks, ablation_values
 from circuitlab.model import SparseTransformer
@@ -230,6 +230,22 @@ def test_the_pruner_keeps_the_known_circuit_and_no_decoy(model, pairs, ablation)
     assert node_set(circuit.masks) == KNOWN_NODES  # precision and recall 1 (greedy cleanup does the last part)
     assert circuit.task_loss <= circuit.target_loss
     assert circuit.n_edges == 6
+
+
+def test_stages_2_to_5_from_a_saved_circuits_scores_give_the_same_circuit(model, pairs, tmp_path):
+    circuit = run_pruner(model, pairs, "mean")
+    loaded = Circuit.load(circuit.save(tmp_path / "known"), model)
+    again = run_pruner(model, pairs, "mean", scores=loaded.scores)
+    assert node_set(again.masks) == node_set(circuit.masks) == KNOWN_NODES
+    assert again.removed_edges == circuit.removed_edges and again.task_loss == pytest.approx(circuit.task_loss)
+    timings = ("seconds_masks", "seconds_search_and_cleanup")
+    found, found_again = ({k: v for k, v in c.search.items() if k not in timings} for c in (circuit, again))
+    assert again.history == [] and found_again == found  # no mask training, then the same search
+    # Scores that rank the decoys first make the search keep more before cleanup: it ranks by the scores given.
+    reversed_scores = {name: -score for name, score in loaded.scores.items()}
+    assert run_pruner(model, pairs, "mean", scores=reversed_scores).search["units"] > circuit.search["units"]
+    with pytest.raises(ValueError, match="saved scores lack 1 node locations"):
+        run_pruner(model, pairs, "mean", scores=dict(list(loaded.scores.items())[1:]))
 
 
 COLLAPSE = (

@@ -193,6 +193,7 @@ def prune(
     *,
     pairs: PrunePairs | None = None,
     pretraining_tokens: Tensor | None = None,
+    scores: dict[str, Tensor] | None = None,
     progress: bool = True,
     **overrides,
 ) -> Circuit:
@@ -200,12 +201,21 @@ def prune(
 
     Pass a registered `task`, or ready `pairs` (`PrunePairs` of `TaskBatch`es, for tasks and models of your
     own). `pretraining_tokens` ([batch, pos]) are the text "mean" ablation averages over; by default a sample
-    of the validation corpus. Keyword overrides change single `PruneConfig` fields. The model is left as it
-    was found (mode and gradient flags).
+    of the validation corpus. `scores` (hook name -> trained scores, e.g. a saved circuit's) skip the mask
+    training: stages 2-5 run from them, to re-derive a circuit on another CPU or with other search settings.
+    Keyword overrides change single `PruneConfig` fields. The model is left as it was found (mode and gradient
+    flags).
     """
     cfg = PruneConfig(**{**asdict(cfg or PruneConfig()), **overrides})
     circuits = prune_targets(
-        model, task, [cfg.target_loss], cfg, pairs=pairs, pretraining_tokens=pretraining_tokens, progress=progress
+        model,
+        task,
+        [cfg.target_loss],
+        cfg,
+        pairs=pairs,
+        pretraining_tokens=pretraining_tokens,
+        scores=scores,
+        progress=progress,
     )
     return circuits[cfg.target_loss]
 
@@ -218,6 +228,7 @@ def prune_targets(
     *,
     pairs: PrunePairs | None = None,
     pretraining_tokens: Tensor | None = None,
+    scores: dict[str, Tensor] | None = None,
     progress: bool = True,
 ) -> dict[float, Circuit]:
     """`prune` at several target losses from one mask training (stages 2-5 run once per target): the
@@ -243,7 +254,10 @@ def prune_targets(
         history: list[dict] = []
         start = time.perf_counter()
         if full_model_loss <= max(targets) or not cfg.skip_unsolved:
-            history = train_masks(model, masks, pairs.train, cfg, progress, desc=f"prune {task_name}")
+            if scores is None:
+                history = train_masks(model, masks, pairs.train, cfg, progress, desc=f"prune {task_name}")
+            else:
+                masks.load_scores(scores)
             masks.tiebreak = unit_attribution(model, masks, pairs.selection)
         mask_seconds = time.perf_counter() - start
         circuits = {}
