@@ -24,7 +24,7 @@ import torch
 
 from circuitlab import Circuit, SparseTransformer, prune, tasks
 from circuitlab.paths import CHECKPOINTS_DIR, CIRCUITS_DIR
-from circuitlab.prune import PRETRAINING_ROWS, PruneConfig, sample_pretraining_tokens
+from circuitlab.prune import PruneConfig, mean_ablation_tokens
 
 
 def sizes(circuit: Circuit) -> dict:
@@ -53,7 +53,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     model = SparseTransformer.from_pretrained(args.model)
-    pretraining_tokens = sample_pretraining_tokens(model, PRETRAINING_ROWS, seed=0)  # as make_circuits samples
+    pretraining_tokens = mean_ablation_tokens(model)
     circuits = Path(args.circuits)
     report = {"benchmark": "circuit_reproduction", "threads": args.threads, "circuits": circuits.name, "tasks": {}}
     for name in args.tasks:

@@ -21,7 +21,7 @@ import torch
 
 from circuitlab import SparseTransformer, prune, tasks
 from circuitlab.paths import CHECKPOINTS_DIR
-from circuitlab.prune import PRETRAINING_ROWS, PruneConfig, sample_pretraining_tokens
+from circuitlab.prune import PruneConfig, mean_ablation_tokens
 from circuitlab.settings import parse_overrides
 
 SEARCH_FIELDS = ("seconds_masks", "seconds_search_and_cleanup", "passes", "trials_stopped_early")
@@ -40,7 +40,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     model = SparseTransformer.from_pretrained(args.model)
     start = time.perf_counter()
-    pretraining_tokens = sample_pretraining_tokens(model, PRETRAINING_ROWS, seed=0)
+    pretraining_tokens = mean_ablation_tokens(model)
     report = {
         "benchmark": "prune_speed",
         "threads": args.threads,

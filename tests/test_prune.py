@@ -24,7 +24,17 @@ from circuitlab.masks import (
     ablation_values,
 )
 from circuitlab.paths import CHECKPOINTS_DIR, CIRCUITS_DIR
-from circuitlab.prune import PruneConfig, PrunePairs, calibrated_loss, loss_vs_nodes, search_units, trained_masks
+from circuitlab.prune import (
+    PRETRAINING_ROWS,
+    PruneConfig,
+    PrunePairs,
+    calibrated_loss,
+    loss_vs_nodes,
+    mean_ablation_tokens,
+    sample_pretraining_tokens,
+    search_units,
+    trained_masks,
+)
 from circuitlab.settings import SettingsError, parse_overrides
 from circuitlab.tasks import length_buckets, select_rows, task_loss
 
@@ -193,6 +203,19 @@ def test_prune_leaves_the_model_as_found_and_refuses_foreign_tokens(tiny_model):
     foreign[0, 0] = 5000
     with pytest.raises(ValueError, match=r"pretraining_tokens holds token ids .*5000\] but the model's vocabulary"):
         prune(tiny_model, tasks.get("single_double_quote"), pretraining_tokens=foreign, progress=False, **small)
+
+
+def test_every_pruning_seed_mean_ablates_over_the_models_one_text_sample(sparse_model):
+    # Seed 1 draws other pairs and initial scores, but not other text: its constants are the seed-0 sample's.
+    text = mean_ablation_tokens(sparse_model)
+    assert not torch.equal(text, sample_pretraining_tokens(sparse_model, PRETRAINING_ROWS, seed=1))
+    small = dict(steps=1, pairs_per_step=2, selection_pairs=4, test_pairs=4, check_pairs=0, progress=False)
+    stages = dict(cleanup=False, necessity=False, edge_cleanup=False)
+    circuit = prune(sparse_model, tasks.get("single_double_quote"), seed=1, **small, **stages)
+    expected = ablation_values(sparse_model, "mean", text)
+    assert circuit.ablation_values.keys() == expected.keys()
+    for name, value in expected.items():
+        torch.testing.assert_close(circuit.ablation_values[name], value, msg=name)
 
 
 def test_tied_qk_masks_keep_or_prune_q_and_k_together(tiny_model, tiny_config):

@@ -6,14 +6,16 @@ import shutil
 
 import pandas as pd
 import pytest
+import torch
 
 from circuitlab import SparseTransformer, frontier, tasks
 from circuitlab.checkpoint import CheckpointError
 from circuitlab.circuit import Circuit, load_circuits
 from circuitlab.compare import fresh_loss
 from circuitlab.evaluate import task_scores
+from circuitlab.masks import ablation_values
 from circuitlab.paths import CHECKPOINTS_DIR, CIRCUITS_DIR, CONTROLS_DIR
-from circuitlab.prune import report_pairs
+from circuitlab.prune import mean_ablation_tokens, report_pairs
 
 
 @pytest.fixture(scope="module")
@@ -40,6 +42,22 @@ def test_the_models_reach_a_comparable_loss_on_the_same_mix():
     assert configs["sparse"]["synthetic_fraction"] == configs["dense"]["synthetic_fraction"]
     final = {name: pd.read_csv(CHECKPOINTS_DIR / name / "metrics.csv").val_loss.dropna().iloc[-1] for name in configs}
     assert abs(final["sparse"] - final["dense"]) < 0.05
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("model", "folders"), [("sparse", ["sparse", "sparse_seed1", "sparse_seed2"]), ("dense", ["dense"])]
+)
+def test_every_shipped_circuit_ablates_to_its_models_one_text_sample(model, folders):
+    # Whatever the pruning seed: chapter 02's seeds differ in pairs and initial scores, not in ablation constants.
+    pruned = SparseTransformer.from_pretrained(CHECKPOINTS_DIR / model)
+    expected = ablation_values(pruned, "mean", mean_ablation_tokens(pruned))
+    for folder in folders:
+        circuits = load_circuits(CIRCUITS_DIR / folder)
+        assert len(circuits) >= 2
+        for name, circuit in circuits.items():
+            for node, value in expected.items():
+                assert torch.allclose(circuit.ablation_values[node], value, atol=1e-5), (folder, name, node)
 
 
 @pytest.mark.slow

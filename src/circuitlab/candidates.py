@@ -22,7 +22,7 @@ import torch
 from circuitlab import tables, tasks
 from circuitlab.evaluate import copying_gain, nonzero_weights, scores_on_points, task_scores, validation_loss
 from circuitlab.model import SparseTransformer
-from circuitlab.prune import EARLIER_PROBE_SHARES, PRETRAINING_ROWS, PruneConfig, sample_pretraining_tokens
+from circuitlab.prune import EARLIER_PROBE_SHARES, PruneConfig, mean_ablation_tokens
 from circuitlab.sweep import circuit_row, training_seconds
 from circuitlab.train import METRICS_FILE
 
@@ -77,7 +77,7 @@ the task); and the row's wall time."""
 TABLE_FILE = "candidates.csv"
 
 
-def candidate_row(checkpoint: Path, natural: dict[str, list[tasks.Datapoint]], seed: int = 0) -> dict[str, Any]:
+def candidate_row(checkpoint: Path, natural: dict[str, list[tasks.Datapoint]]) -> dict[str, Any]:
     """The `COLUMNS` of one checkpoint; `natural` maps each harvested task to its instances."""
     started = time.perf_counter()
     model = SparseTransformer.from_pretrained(checkpoint).eval()
@@ -109,7 +109,7 @@ def candidate_row(checkpoint: Path, natural: dict[str, list[tasks.Datapoint]], s
         "natural_single_double_quote": round(scores["single_double_quote"]["accuracy"], 4),
         "copying_gain": round(copying_gain(model), 3),
     }
-    pretraining = sample_pretraining_tokens(model, PRETRAINING_ROWS, seed)
+    pretraining = mean_ablation_tokens(model)
     for name in CASE_STUDIES:
         found = circuit_row(model, name, PRUNE, pretraining)
         row |= {f"{name}_nodes": found["nodes"], f"{name}_edges": found["edges"], f"{name}_loss": found["task_loss"]}

@@ -27,12 +27,11 @@ from circuitlab.circuit import Circuit, circuit_edges
 from circuitlab.masks import MaskedEvaluator, NodeMasks
 from circuitlab.model import SparseTransformer
 from circuitlab.prune import (
-    PRETRAINING_ROWS,
     PruneConfig,
     PrunePairs,
     frozen,
+    mean_ablation_tokens,
     prune,
-    sample_pretraining_tokens,
     search_units,
     trained_masks,
     unit_attribution,
@@ -129,7 +128,7 @@ def run_controls(
         cfg = PruneConfig.of_circuit(method)
     cfg = PruneConfig(**{**dataclasses.asdict(cfg or PruneConfig()), **overrides, "skip_unsolved": False})
     if pretraining_tokens is None:
-        pretraining_tokens = sample_pretraining_tokens(model, PRETRAINING_ROWS, cfg.seed)
+        pretraining_tokens = mean_ablation_tokens(model)
     variants = {
         f"{cfg.ablation} ablation (the method)": (model, task, cfg),
         "zero ablation": (model, task, dataclasses.replace(cfg, ablation="zero")),

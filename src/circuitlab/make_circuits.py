@@ -19,7 +19,7 @@ import torch
 
 from circuitlab import settings, tables, tasks
 from circuitlab.model import SparseTransformer
-from circuitlab.prune import PRETRAINING_ROWS, PruneConfig, prune, prune_targets, sample_pretraining_tokens
+from circuitlab.prune import PruneConfig, mean_ablation_tokens, prune, prune_targets
 
 TABLE_COLUMNS = ("model", "task", "target_loss", "nodes", "edges", "task_loss", "full_model_loss", "seconds")
 
@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     model = SparseTransformer.from_pretrained(args.model)
-    pretraining_tokens = sample_pretraining_tokens(model, PRETRAINING_ROWS, seed=0)
+    pretraining_tokens = mean_ablation_tokens(model)
     if args.out:
         save_circuits(model, args.tasks, Path(args.out), args.overwrite, overrides, pretraining_tokens)
     else:

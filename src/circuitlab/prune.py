@@ -53,6 +53,7 @@ from circuitlab.model import SparseTransformer
 from circuitlab.tasks import CHANCE_LOSS, Task, TaskBatch, length_buckets, pair_rows, select_rows, task_loss
 
 PRETRAINING_ROWS = 64  # rows of [n_ctx] validation text that "mean" ablation averages over
+ABLATION_TEXT_SEED = 0  # one sample of that text per model, whatever the pruning seed
 NECESSITY_CANDIDATES = 8  # units stage 5 tries per step, best attribution first, for one that keeps sufficiency
 EARLIER_PROBE_SHARES = (0.0625, 0.125, 0.25)  # early rejection's probes before the fourth (of half the pairs)
 
@@ -63,7 +64,7 @@ class PruneConfig:
     with a penalty that ramps up so the task gradient can rank nodes before the penalty wins."""
 
     target_loss: float = 0.15  # per-prompt binary cross-entropy the circuit must reach on held-out pairs
-    ablation: str = "mean"  # "mean" over pretraining text, "zero", or "task_mean" over task prompts
+    ablation: str = "mean"  # "mean" over the model's pretraining text sample, "zero", or "task_mean" over task prompts
     steps: int = 300
     pairs_per_step: int = 16  # contrast pairs per batch (two prompts each), fresh at every step
     selection_pairs: int = 400  # pairs that choose k, fit the calibration and decide the cleanup
@@ -244,7 +245,7 @@ def prune_targets(
     task_name = task.name if task is not None else "custom"
     with frozen(model):
         if cfg.ablation == "mean" and pretraining_tokens is None:
-            pretraining_tokens = sample_pretraining_tokens(model, PRETRAINING_ROWS, cfg.seed)
+            pretraining_tokens = mean_ablation_tokens(model)
         means = ablation_values(model, cfg.ablation, pretraining_tokens, pairs.train)
         masks = cfg.new_masks(model, means)
         selection, test = cfg.evaluator(model, masks, pairs.selection), cfg.evaluator(model, masks, pairs.test)
@@ -503,9 +504,15 @@ def trained_masks(model: SparseTransformer, circuit: Circuit) -> NodeMasks:
 
 
 def sample_pretraining_tokens(model: SparseTransformer, n_rows: int, seed: int) -> Tensor:
-    """Rows of real validation text the size of the model's context, for mean ablation."""
+    """Rows of real validation text the size of the model's context."""
     sampler = TokenSampler(load_token_streams(), "val", model.cfg.n_ctx, synthetic_fraction=0.0, seed=seed)
     return sampler.batch(0, n_rows)
+
+
+def mean_ablation_tokens(model: SparseTransformer) -> Tensor:
+    """The text "mean" ablation averages over: one sample per model, the same for every pruning seed and
+    command, so a model's circuits share their ablation constants and differ only by what their seed drew."""
+    return sample_pretraining_tokens(model, PRETRAINING_ROWS, ABLATION_TEXT_SEED)
 
 
 @torch.no_grad()

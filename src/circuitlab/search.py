@@ -51,7 +51,7 @@ from circuitlab import settings, tasks
 from circuitlab.checkpoint import save_model, write_text_atomic
 from circuitlab.circuit import Circuit, circuit_edges, node_shapes
 from circuitlab.model import SparseTransformer
-from circuitlab.prune import PRETRAINING_ROWS, PruneConfig, prune, sample_pretraining_tokens
+from circuitlab.prune import PruneConfig, mean_ablation_tokens, prune
 
 STUDY_NAME = "prune"
 JOURNAL_FILE = "journal.log"
@@ -312,7 +312,7 @@ def search(
             checkpoint, model = Path(model), SparseTransformer.from_pretrained(model)
         if base.ablation == "mean":
             if pretraining_tokens is None:
-                pretraining_tokens = sample_pretraining_tokens(model, PRETRAINING_ROWS, base.seed)
+                pretraining_tokens = mean_ablation_tokens(model)
             save_file({"tokens": pretraining_tokens.contiguous()}, run_dir / TOKENS_FILE)
         study = optuna.create_study(study_name=STUDY_NAME, storage=journal(run_dir), direction="minimize")
         study.enqueue_trial({d.param: d.centre(base) for d in space})

@@ -40,7 +40,7 @@ from circuitlab.compare import geometric_mean
 from circuitlab.config import SparseTransformerConfig
 from circuitlab.evaluate import nonzero_weights, task_scores, validation_loss
 from circuitlab.model import SparseTransformer
-from circuitlab.prune import PRETRAINING_ROWS, PruneConfig, prune, sample_pretraining_tokens
+from circuitlab.prune import PruneConfig, mean_ablation_tokens, prune
 from circuitlab.settings import SettingsError
 from circuitlab.sparsity import EMBEDDING_MATRICES
 from circuitlab.train import METRICS_FILE, TrainConfig, train
@@ -308,7 +308,7 @@ def run_model(sweep: Sweep, plan: ModelPlan) -> None:
     torch.set_num_threads(1)
     print(f"{plan.name}: training {plan.train.steps} steps in {plan.train.out_dir}", flush=True)
     model = train(plan.model, plan.train, progress=False).eval()
-    pretraining_tokens = sample_pretraining_tokens(model, PRETRAINING_ROWS, seed=0)
+    pretraining_tokens = mean_ablation_tokens(model)
     circuits = sweep.out / CIRCUITS_FILE
     done = {row["task"] for row in tables.read_rows(circuits) if row["model"] == plan.name}
     for task in sweep.tasks:
