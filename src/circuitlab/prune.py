@@ -201,11 +201,11 @@ def prune(
     """Find the smallest set of nodes whose held-out task loss is at most `cfg.target_loss`.
 
     Pass a registered `task`, or ready `pairs` (`PrunePairs` of `TaskBatch`es, for tasks and models of your
-    own). `pretraining_tokens` ([batch, pos]) are the text "mean" ablation averages over; by default a sample
-    of the validation corpus. `scores` (hook name -> trained scores, e.g. a saved circuit's) skip the mask
-    training: stages 2-5 run from them, to re-derive a circuit on another CPU or with other search settings.
-    Keyword overrides change single `PruneConfig` fields. The model is left as it was found (mode and gradient
-    flags).
+    own). `pretraining_tokens` ([batch, pos]) are the text "mean" ablation averages over; by default the
+    model's one sample of validation text (`mean_ablation_tokens`), whatever `cfg.seed`. `scores` (hook
+    name -> trained scores, e.g. a saved circuit's) skip the mask training: stages 2-5 run from them, to
+    re-derive a circuit on another CPU or with other search settings. Keyword overrides change single
+    `PruneConfig` fields. The model is left as it was found (mode and gradient flags).
     """
     cfg = PruneConfig(**{**asdict(cfg or PruneConfig()), **overrides})
     circuits = prune_targets(
