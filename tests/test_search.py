@@ -3,6 +3,7 @@
 
 import json
 import os
+from dataclasses import replace
 
 import optuna
 import pandas as pd
@@ -21,8 +22,10 @@ from circuitlab.search import (
     choose,
     journal,
     main,
+    run_lock,
     search,
     searched,
+    suggest,
 )
 
 SMALL = PruneConfig(  # trials of a few seconds on an idle machine (1-19 s measured), longer under load
@@ -61,6 +64,7 @@ def test_dimensions_span_a_decade_around_the_base_within_their_caps():
     assert beta2.param == "inv_beta2"
     assert beta2.bounds(base) == pytest.approx((0.005, 0.5))
     assert beta2.config_value(beta2.centre(base)) == pytest.approx(0.95)
+    assert Dimension("penalty").bounds(base, spread=2) == pytest.approx((1.5e-3, 6e-3))
     assert [d.field for d in searched(SPACE, base)] == [f for f in FIELDS if f != "weight_decay"]  # 0: fixed
 
 
@@ -180,8 +184,43 @@ def test_command_line_refuses_bad_settings_before_searching(checkpoint, tmp_path
         (["--set", "steps=0"], "steps=0"),
         (["--tasks", "no_such_task"], "no task named 'no_such_task'"),
         (["--budget", "0"], "must be positive"),
+        (["--spread", "1"], "--spread 1.0"),
     ]:
         with pytest.raises(SystemExit):
             main(["--model", checkpoint, "--out", str(tmp_path), *argv])
         assert message in capsys.readouterr().err
     assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.slow
+def test_an_interrupted_search_continues_where_it_stopped(checkpoint, text, tmp_path):
+    run_dir = tmp_path / "run"
+    kwargs = {"workers": 1, "base": SMALL, "pretraining_tokens": text, "run_dir": run_dir}
+    first = search(checkpoint, "if_equals", 600, max_trials=2, **kwargs).trials
+    # a third trial cut off mid-run (a deadline or a crash): its settings drawn, no result
+    study = optuna.load_study(study_name=STUDY_NAME, storage=journal(run_dir))
+    cut_off = suggest(study.ask(), SMALL, searched(SPACE, SMALL), spread=10)
+
+    resumed = search(checkpoint, "if_equals", 600, max_trials=4, **kwargs).trials
+    assert resumed.trial.tolist() == [0, 1, 2, 3]
+    pd.testing.assert_frame_equal(resumed.iloc[:2].drop(columns="chosen"), first.drop(columns="chosen"))
+    assert [resumed.iloc[2][f] for f in FIELDS] == pytest.approx([cut_off[f] for f in FIELDS])  # run again
+    assert [resumed.iloc[3][f] for f in FIELDS] != pytest.approx([first.iloc[1][f] for f in FIELDS])  # new draw
+    assert not journal_trials(run_dir, states=(optuna.trial.TrialState.RUNNING,))
+    assert not list(run_dir.glob("worker-*.json"))  # the workers' job files go with them
+
+    for change, named in [
+        ({"base": replace(SMALL, penalty=SMALL.penalty * 2)}, "base.penalty="),
+        ({"spread": 3.0}, "spread=10.0 where this call has 3.0"),
+        ({"pretraining_tokens": text + 1}, "pretraining_tokens"),
+    ]:
+        with pytest.raises(ValueError, match=named):
+            search(checkpoint, "if_equals", 600, max_trials=5, **{**kwargs, **change})
+    with pytest.raises(ValueError, match="task_name='if_equals' where this call has 'single_double_quote'"):
+        search(checkpoint, "single_double_quote", 600, max_trials=5, **kwargs)
+    assert len(journal_trials(run_dir)) == 4  # nothing ran
+
+
+def test_a_search_refuses_a_folder_another_search_holds(checkpoint, tmp_path):
+    with run_lock(tmp_path), pytest.raises(RuntimeError, match="another search is running"):
+        search(checkpoint, "if_equals", 60, base=SMALL, run_dir=tmp_path)
