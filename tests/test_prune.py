@@ -218,6 +218,23 @@ def test_every_pruning_seed_mean_ablates_over_the_models_one_text_sample(sparse_
         torch.testing.assert_close(circuit.ablation_values[name], value, msg=name)
 
 
+def test_a_search_for_k_above_give_up_units_ends_the_prune_there(sparse_model):
+    # From the shipped scores (no mask training): the search needs dozens of units, so a cap of 5 gives up.
+    scores = Circuit.load(CIRCUITS_DIR / "sparse" / "single_double_quote").scores
+    small = dict(selection_pairs=48, test_pairs=48, check_pairs=48, cleanup_trials=20, progress=False)
+    runs = {
+        cap: prune(sparse_model, tasks.get("single_double_quote"), scores=scores, give_up_units=cap, **small)
+        for cap in (5, 10_000)
+    }
+    given_up, finished = runs[5].search, runs[10_000].search
+    assert given_up["given_up"] and given_up["units"] > 5 and "given_up" not in finished
+    assert given_up["units"] == finished["units"]  # the same search for k; only what follows it differs
+    assert runs[5].n_nodes == given_up["nodes"] and not runs[5].removed_edges  # no cleanup, necessity or edges
+    assert not {"removed_by_cleanup", "units_added_for_necessity"} & given_up.keys()
+    assert {"removed_by_cleanup", "units_added_for_necessity"} <= finished.keys()
+    assert runs[10_000].n_nodes < runs[5].n_nodes
+
+
 def test_tied_qk_masks_keep_or_prune_q_and_k_together(tiny_model, tiny_config):
     means = ablation_values(tiny_model, "zero")
     masks = PruneConfig(tie_qk=True).new_masks(tiny_model, means)

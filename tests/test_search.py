@@ -3,6 +3,7 @@
 
 import json
 import os
+import time
 from dataclasses import replace
 
 import optuna
@@ -14,12 +15,14 @@ from circuitlab import SparseTransformer
 from circuitlab.circuit import Circuit
 from circuitlab.prune import PruneConfig
 from circuitlab.search import (
+    GIVE_UP_FACTOR,
     RESULT_COLUMNS,
     SPACE,
     STUDY_NAME,
     TRIAL_COLUMNS,
     Dimension,
     choose,
+    give_up_units,
     journal,
     main,
     run_lock,
@@ -79,6 +82,15 @@ def test_choose_takes_the_fewest_edges_among_feasible_trials_only():
     )
     assert choose(table) == 2  # 0 and 4 have fewer edges but miss the target; 2 ties 1 with a lower loss
     assert choose(table.assign(feasible=False)) == 3  # nothing feasible: the lowest selection loss
+
+
+def test_trials_give_up_at_four_times_the_nodes_of_the_best_feasible_circuit_so_far():
+    study = optuna.create_study()
+    assert give_up_units(study) == 0  # nothing to beat yet
+    for edges, nodes, feasible in [(50, 30, False), (90, 40, True), (80, 60, True)]:
+        record = {"edges": edges, "nodes": nodes, "feasible": feasible}
+        study.add_trial(optuna.trial.create_trial(value=edges, user_attrs={"record": record}))
+    assert give_up_units(study) == GIVE_UP_FACTOR * 60  # fewest edges among the feasible, not fewest nodes
 
 
 @pytest.mark.slow
@@ -201,8 +213,11 @@ def test_an_interrupted_search_continues_where_it_stopped(checkpoint, text, tmp_
     study = optuna.load_study(study_name=STUDY_NAME, storage=journal(run_dir))
     cut_off = suggest(study.ask(), SMALL, searched(SPACE, SMALL), spread=10)
 
-    resumed = search(checkpoint, "if_equals", 600, max_trials=4, **kwargs).trials
-    assert resumed.trial.tolist() == [0, 1, 2, 3]
+    called = time.time()
+    result = search(checkpoint, "if_equals", 600, max_trials=4, **kwargs)
+    assert result.seconds <= time.time() - called  # this call's wall time; the table's clock starts with the first
+    resumed = result.trials
+    assert resumed.trial.tolist() == [0, 1, 2, 3] and resumed.started_s.iloc[2] > first.finished_s.max()
     pd.testing.assert_frame_equal(resumed.iloc[:2].drop(columns="chosen"), first.drop(columns="chosen"))
     assert [resumed.iloc[2][f] for f in FIELDS] == pytest.approx([cut_off[f] for f in FIELDS])  # run again
     assert [resumed.iloc[3][f] for f in FIELDS] != pytest.approx([first.iloc[1][f] for f in FIELDS])  # new draw

@@ -88,6 +88,9 @@ class PruneConfig:
     necessity: bool = True  # stage 5: add units until ablating the circuit costs what chance does
     edge_cleanup: bool = True  # then the same for single weights (edges) between kept nodes
     cleanup_trials: int = 200  # most loss evaluations each cleanup may spend (dense circuits have thousands)
+    # > 0: when the search for k keeps more units than this, stop there (no stages 3-5): `circuitlab.search`
+    # drops a trial this way once it cannot beat the best circuit so far
+    give_up_units: int = 0
     probe_shares: tuple[float, ...] = PROBE_SHARES  # early rejection's probes (`MaskedEvaluator`)
     seed: int = 0
     skip_unsolved: bool = True  # when the full model misses the target, keep every node without training masks
@@ -105,7 +108,7 @@ class PruneConfig:
                 **dict.fromkeys(("beta2", "penalty_warmup_frac"), fraction),
                 "selection_margin": settings.between(0, 1),
                 "scan_ratio": settings.above(1),
-                "cleanup_trials": settings.at_least(0),
+                **dict.fromkeys(("cleanup_trials", "give_up_units"), settings.at_least(0)),
                 "probe_shares": (increasing_shares, "increasing shares of the pairs, each strictly between 0 and 1"),
             },
         )
@@ -270,10 +273,11 @@ def prune_targets(
                 passes_before, start = sum(e.passes for e in evaluators), time.perf_counter()
                 stopped_before = sum(e.rejected for e in evaluators)
                 units, found = search_units(masks, selection, target_cfg, check)
-                if cfg.necessity and len(units) < masks.n_units:
+                go_on = len(units) < masks.n_units and not found.get("given_up")
+                if cfg.necessity and go_on:
                     units, necessity_found = complete_necessity(model, masks, units, selection, target_cfg, check)
                     found |= necessity_found
-                if cfg.edge_cleanup and len(units) < masks.n_units:
+                if cfg.edge_cleanup and go_on:
                     kept = masks.node_masks(units)
                     removed_edges, edges_found = cleanup_edges(model, kept, means, selection, target_cfg, check)
                     found |= edges_found
@@ -315,7 +319,8 @@ def search_units(
     """Stages 2 and 4 for nodes: the smallest top-k of the ranking that reaches the search target on the
     selection pairs (calibrated); if it misses on the `check` pairs, the next units of the ranking, as few as
     reach it there; then greedy removal of the units the circuit can do without on both pair sets. Returns the
-    units kept (most needed first) and what each stage found."""
+    units kept (most needed first) and what each stage found; a k above `cfg.give_up_units` (> 0) ends it there
+    (`given_up`)."""
 
     def loss_of(kept: list[int], on: MaskedEvaluator | None = None) -> float:
         return calibrated_loss(selection, masks.node_masks(kept), cfg, on)
@@ -327,6 +332,8 @@ def search_units(
         "units": k,
         "nodes": int(sum(m.sum() for m in masks.node_masks(units).values())),
     }
+    if 0 < cfg.give_up_units < k:
+        return units, found | {"given_up": True}
     if check is not None and k < masks.n_units:
         rest = ranking[k:]
         added = smallest_sufficient(

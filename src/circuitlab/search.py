@@ -13,6 +13,10 @@ than the default one.
 * **Parallelism:** `workers` processes, one torch thread each, share one study through a journal
   file (`optuna.storages.JournalStorage`). Each loads the model from its checkpoint folder and saves each
   trial's circuit in the run folder; the caller gets the best one back, loaded with the model.
+* **Hopeless trials:** some settings let the masks collapse (thousands of nodes), and the cleanups of such a
+  circuit take the longest of all. Once a circuit is feasible, a trial whose search for k keeps more than
+  `GIVE_UP_FACTOR` times its nodes stops there (`PruneConfig.give_up_units`), scores its uncleaned edges and
+  is marked `given_up`.
 * **Budget:** a worker starts no trial after the deadline (`timeout`), nor one that its longest trial so far
   says would end past it, and a trial still running at the deadline is stopped, so the search ends on time
   (plus loading the best circuit); only the base trial is always waited for.
@@ -68,6 +72,7 @@ TOKENS_FILE = "pretraining_tokens.safetensors"
 TRIALS_FILE = "trials.csv"
 WORKER_COMMAND = "import sys; from circuitlab.search import run_worker; run_worker(sys.argv[1])"
 STARTUP_TRIALS = 8  # trials sampled at random before TPE starts modelling the results
+GIVE_UP_FACTOR = 4  # a trial whose search for k keeps more units than this times the best circuit's nodes stops
 
 
 @dataclass(frozen=True)
@@ -108,7 +113,7 @@ SPACE = (
 """The paper's seven searched settings. A field whose base value is 0 (or beta2 = 1) is left fixed."""
 
 TRIAL_COLUMNS = ("trial", "worker", "started_s", "finished_s", "seconds")
-RESULT_COLUMNS = ("nodes", "edges", "selection_loss", "test_loss", "feasible", "chosen")
+RESULT_COLUMNS = ("nodes", "edges", "selection_loss", "test_loss", "feasible", "given_up", "chosen")
 """The trial table: trial number, worker pid, start and end (seconds after the search began), its duration,
 then one column per searched field (its `PruneConfig` value), then the circuit's results."""
 
@@ -178,6 +183,13 @@ def trial_dir(run_dir: str | Path, number: int) -> Path:
     return Path(run_dir) / "trials" / f"{number:04d}"
 
 
+def give_up_units(study: optuna.Study) -> int:
+    """`GIVE_UP_FACTOR` times the nodes of the best feasible circuit so far (fewest edges); 0 before there is one."""
+    finished = [trial.user_attrs["record"] for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
+    feasible = [(record["edges"], record["nodes"]) for record in finished if record["feasible"]]
+    return GIVE_UP_FACTOR * min(feasible)[1] if feasible else 0
+
+
 def run_worker(job_file: str | Path) -> None:
     """One worker process: load the model, then run trials of the shared study until the budget is spent."""
     job = WorkerJob.from_json(Path(job_file).read_text())
@@ -192,7 +204,7 @@ def run_worker(job_file: str | Path) -> None:
 
     def objective(trial: optuna.Trial) -> float:
         overrides: dict[str, Any] = suggest(trial, base, job.space, job.spread)
-        cfg = replace(base, **overrides)
+        cfg = replace(base, **overrides, give_up_units=give_up_units(trial.study) or base.give_up_units)
         start = time.time()
         circuit = prune(model, task, cfg, pretraining_tokens=pretraining_tokens, progress=False)
         circuit.save(trial_dir(job.run_dir, trial.number), overwrite=True)  # a rerun trial replaces its circuit
@@ -209,6 +221,7 @@ def run_worker(job_file: str | Path) -> None:
             "selection_loss": circuit.selection_loss,
             "test_loss": circuit.task_loss,
             "feasible": feasible,
+            "given_up": bool(circuit.search.get("given_up", False)),
         }
         trial.set_user_attr("record", record)
         if not circuit.history:  # prune skipped mask training (skip_unsolved): every setting gives this circuit
@@ -236,7 +249,7 @@ class SearchResult:
 
     circuit: Circuit
     trials: pd.DataFrame
-    seconds: float  # wall time of the whole search, model loading and worker start-up included
+    seconds: float  # wall time of this call (of its last run, if resumed), model loading and start-up included
     workers: int
 
     @property
@@ -307,7 +320,7 @@ def search(
     offsetting the seeds so as not to draw its earlier trials again. Pretraining tokens for mean ablation are
     sampled as `prune` does unless given.
     """
-    started = time.time()
+    called = started = time.time()
     base = base or PruneConfig()
     tasks.get(task_name)  # an unknown task fails here, before any process starts
     if budget_s <= 0 or workers < 1 or (max_trials is not None and max_trials < 1):
@@ -322,8 +335,10 @@ def search(
         run_dir = Path(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         stack.enter_context(run_lock(run_dir))
-        checkpoint = run_dir / "model"
-        if not isinstance(model, SparseTransformer):
+        in_memory = isinstance(model, SparseTransformer)
+        if isinstance(model, SparseTransformer):
+            checkpoint = run_dir / "model"  # saved there for the workers (below), unless resuming
+        else:
             checkpoint, model = Path(model), SparseTransformer.from_pretrained(model)
         manifest = {
             "task_name": task_name,
@@ -338,7 +353,7 @@ def search(
             started = continue_run(run_dir, manifest, pretraining_tokens)
             study = optuna.load_study(study_name=STUDY_NAME, storage=journal(run_dir))
         else:
-            if checkpoint == run_dir / "model":
+            if in_memory:
                 save_model(model, checkpoint, overwrite=True)
             if base.ablation == "mean":
                 if pretraining_tokens is None:
@@ -370,7 +385,7 @@ def search(
                 "about the time `prune` does) or lower `steps`."
             )
         circuit = Circuit.load(trial_dir(run_dir, int(table.trial[table.chosen].iloc[0])), model)
-    return SearchResult(circuit, table, seconds=time.time() - started, workers=workers)
+    return SearchResult(circuit, table, seconds=time.time() - called, workers=workers)
 
 
 def weights_sha256(model: SparseTransformer) -> str:
@@ -401,7 +416,8 @@ def continue_run(run_dir: Path, manifest: dict, pretraining_tokens: Tensor | Non
     path = run_dir / MANIFEST_FILE
     if not path.exists():
         raise FileExistsError(f"{run_dir} holds a search journal but no {MANIFEST_FILE}; choose an empty folder.")
-    recorded = json.loads(path.read_text())
+    defaults = {f"base.{field}": value for field, value in json.loads(json.dumps(asdict(PruneConfig()))).items()}
+    recorded = defaults | json.loads(path.read_text())  # a setting newer than the search ran with its default
     mismatched = differences({k: recorded.get(k) for k in manifest}, manifest, "this call")
     tokens_file = run_dir / TOKENS_FILE
     if pretraining_tokens is not None and not (
@@ -463,8 +479,9 @@ def run_workers(job: WorkerJob, workers: int, study: optuna.Study, progress: boo
 def trial_table(study: optuna.Study) -> pd.DataFrame:
     """One row per finished trial, in trial order, with the `chosen` column set (see `choose`)."""
     rows = [
-        {"trial": trial.number, **trial.user_attrs["record"]}
+        {"trial": trial.number, **record, "given_up": record.get("given_up", False)}  # older records lack it
         for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        for record in [trial.user_attrs["record"]]
     ]
     if not rows:
         return pd.DataFrame(columns=[*TRIAL_COLUMNS, *RESULT_COLUMNS])
