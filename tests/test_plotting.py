@@ -12,6 +12,7 @@ from circuitlab.compare import size_vs_target
 from circuitlab.plotting import (
     plot_last_token_attention,
     plot_schedules,
+    plot_search_trials,
     plot_size_vs_target,
     plot_training_curves,
     plot_weight_sparsity,
@@ -101,3 +102,23 @@ def test_size_vs_target_draws_one_line_per_model_at_the_mean_edges():
     assert set(lines) == {"sparse", "dense"}
     np.testing.assert_allclose(lines["dense"].get_xdata(), [100, 40])
     np.testing.assert_allclose(lines["dense"].get_ydata(), [0.1, 0.3])
+
+
+def test_search_trials_marks_each_outcome_and_steps_down_to_the_chosen_trial():
+    trials = pd.DataFrame(
+        {
+            "trial": [2, 0, 4, 1, 3],
+            "edges": [176, 40_000, 160, 500, 30_000],
+            "feasible": [True, True, True, False, True],
+            "given_up": [False, True, False, False, True],
+            "chosen": [False, False, True, False, False],
+        }
+    )
+    ax = plot_search_trials(trials)
+    by_label = {c.get_label(): c.get_offsets() for c in ax.collections}
+    np.testing.assert_allclose(by_label["given up (collapsed masks)"], [[0, 40_000], [3, 30_000]])
+    np.testing.assert_allclose(by_label["missed the target"], [[1, 500]])
+    np.testing.assert_allclose(by_label["chosen"], [[4, 160]])
+    best = ax.get_lines()[0]  # nothing before the first cleaned-up feasible trial; a given-up one keeps the level
+    np.testing.assert_allclose(best.get_xdata(), [0, 1, 2, 3, 4])
+    np.testing.assert_allclose(best.get_ydata(), [np.nan, np.nan, 176, 176, 160])

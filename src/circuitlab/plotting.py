@@ -110,6 +110,30 @@ def plot_edges_vs_loss(table: pd.DataFrame, ax: plt.Axes | None = None) -> plt.A
     return ax
 
 
+def plot_search_trials(trials: pd.DataFrame, ax: plt.Axes | None = None) -> plt.Axes:
+    """A pruner search's trials (a `search` trials.csv), in the order they were proposed: each trial's edges by
+    outcome (cleaned up, given up, or missing the target on its selection pairs), the chosen trial starred, and
+    the fewest edges of a cleaned-up feasible trial so far as a step line."""
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6, 3.5))
+    trials = trials.sort_values("trial")
+    outcomes = {
+        "cleaned up": (trials.feasible & ~trials.given_up, "o"),
+        "given up (collapsed masks)": (trials.feasible & trials.given_up, "x"),
+        "missed the target": (~trials.feasible, "v"),
+    }
+    for label, (rows, marker) in outcomes.items():
+        if rows.any():
+            ax.scatter(trials.trial[rows], trials.edges[rows].clip(lower=1), marker=marker, label=label)
+    best = trials.edges.where(trials.feasible & ~trials.given_up).cummin().ffill()
+    ax.step(trials.trial, best.clip(lower=1), where="post", color="grey", lw=0.8, label="fewest edges so far")
+    chosen = trials[trials.chosen]
+    ax.scatter(chosen.trial, chosen.edges.clip(lower=1), marker="*", s=200, color="gold", label="chosen")
+    ax.set(yscale="log", xlabel="trial", ylabel="circuit edges")
+    ax.legend(fontsize=7)
+    return ax
+
+
 def _column_label(node: Node) -> str:
     return f"L{node.layer} {node.location}"
 
