@@ -9,6 +9,7 @@ from circuitlab.circuit import (
     circuit_edges,
     edges_ablated,
     keep_or_ablate,
+    load_seed_runs,
     node_shapes,
     parse_hook,
     silent_nodes,
@@ -133,6 +134,16 @@ def test_save_and_load_round_trip(model, batch, tmp_path):
         circuit.save(tmp_path / "c")
     with pytest.raises(FileNotFoundError, match="not a saved circuit"):
         Circuit.load(tmp_path / "missing")
+
+
+def test_seed_runs_are_a_folder_and_its_seed_siblings_that_exist(model, batch, tmp_path):
+    circuit = sparse_circuit(model, batch)
+    for folder in ("runs", "runs_seed2", "other_seed1"):
+        circuit.save(tmp_path / folder / circuit.task_name)
+    runs = load_seed_runs(tmp_path / "runs")
+    assert list(runs) == ["seed 0", "seed 2"]  # no runs_seed1; other_seed1 belongs to another folder
+    assert all(list(circuits) == ["hand_made"] for circuits in runs.values())
+    assert runs["seed 2"]["hand_made"].summary() == circuit.summary()
 
 
 def test_ranked_nodes_put_the_highest_pruning_score_first(model, batch):

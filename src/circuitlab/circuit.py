@@ -23,7 +23,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import NamedTuple
@@ -539,4 +539,14 @@ def load_circuits(directory: str | Path, model: SparseTransformer | None = None)
     """Every circuit saved under `directory` (one folder per task), keyed by task name (see `Circuit.load`)."""
     return {
         path.parent.name: Circuit.load(path.parent, model) for path in sorted(Path(directory).glob("*/circuit.json"))
+    }
+
+
+def load_seed_runs(directory: str | Path, seeds: Sequence[int] = (1, 2)) -> dict[str, dict[str, Circuit]]:
+    """The circuits of `directory` as "seed 0" and of each `<directory>_seed<N>` folder that exists as "seed N"
+    (the folders `make_circuits --set seed=N --out <directory>_seedN` writes), for `compare.seed_spread`."""
+    directory = Path(directory)
+    siblings = {seed: directory.with_name(f"{directory.name}_seed{seed}") for seed in seeds}
+    return {"seed 0": load_circuits(directory)} | {
+        f"seed {seed}": load_circuits(folder) for seed, folder in siblings.items() if folder.exists()
     }
