@@ -117,18 +117,19 @@ def plot_search_trials(trials: pd.DataFrame, ax: plt.Axes | None = None) -> plt.
     if ax is None:
         _, ax = plt.subplots(figsize=(6, 3.5))
     trials = trials.sort_values("trial")
+    edges = trials.edges.clip(lower=1)  # a circuit of 0 edges stays on the log axis
+    cleaned_up = trials.feasible & ~trials.given_up
     outcomes = {
-        "cleaned up": (trials.feasible & ~trials.given_up, "o"),
+        "cleaned up": (cleaned_up, "o"),
         "given up (collapsed masks)": (trials.feasible & trials.given_up, "x"),
         "missed the target": (~trials.feasible, "v"),
     }
     for label, (rows, marker) in outcomes.items():
         if rows.any():
-            ax.scatter(trials.trial[rows], trials.edges[rows].clip(lower=1), marker=marker, label=label)
-    best = trials.edges.where(trials.feasible & ~trials.given_up).cummin().ffill()
-    ax.step(trials.trial, best.clip(lower=1), where="post", color="grey", lw=0.8, label="fewest edges so far")
-    chosen = trials[trials.chosen]
-    ax.scatter(chosen.trial, chosen.edges.clip(lower=1), marker="*", s=200, color="gold", label="chosen")
+            ax.scatter(trials.trial[rows], edges[rows], marker=marker, label=label)
+    best = edges.where(cleaned_up).cummin().ffill()
+    ax.step(trials.trial, best, where="post", color="grey", lw=0.8, label="fewest edges so far")
+    ax.scatter(trials.trial[trials.chosen], edges[trials.chosen], marker="*", s=200, color="gold", label="chosen")
     ax.set(yscale="log", xlabel="trial", ylabel="circuit edges")
     ax.legend(fontsize=7)
     return ax
