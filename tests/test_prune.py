@@ -142,49 +142,6 @@ def test_calibration_recovers_a_scale_and_shift_and_agrees_with_its_logits():
     torch.testing.assert_close(from_logits, calibration.margins(logits[rows, t] - logits[rows, a], t, a))
 
 
-@pytest.mark.parametrize(("shrink", "bias", "two_candidates"), [(0.3, 0.4, True), (2.0, -1.0, True), (0.5, 0.0, False)])
-def test_calibration_reaches_the_minimum_the_papers_lbfgs_steps_approach(shrink, bias, two_candidates):
-    """Newton's fit lands where the loss's gradient vanishes (the minimum: the loss is convex) and does at
-    least as well as the paper's 16 LBFGS steps."""
-    n = 600
-    target = torch.where(torch.arange(n) % 2 == 0, 5, 9)
-    alternative = torch.where(target == 5, 9, 5) if two_candidates else torch.arange(n) + 20
-    noise = torch.randn(n, generator=torch.Generator().manual_seed(1))
-    margins = shrink * (noise + 1) + bias * torch.where(target == 5, 1.0, -1.0)
-    sign = (target == 5).double() - (target == 9).double() if two_candidates else torch.zeros(n).double()
-
-    def loss(scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
-        return torch.nn.functional.softplus(-(scale * margins.double() + shift * sign)).mean()
-
-    fitted = Calibration.fit(margins, target, alternative)
-    assert (fitted.positive >= 0) == two_candidates
-    scale, shift = (torch.tensor(v, dtype=torch.double, requires_grad=True) for v in (fitted.scale, fitted.shift))
-    fitted_loss = loss(scale, shift)
-    fitted_loss.backward()
-    assert abs(scale.grad.item()) < 1e-9 and abs(shift.grad.item()) < 1e-9
-    log_scale = torch.zeros((), dtype=torch.double, requires_grad=True)
-    paper_shift = torch.zeros((), dtype=torch.double, requires_grad=two_candidates)
-    params = [log_scale, paper_shift][: 1 + two_candidates]
-    optimizer = torch.optim.LBFGS(params, max_iter=16, line_search_fn="strong_wolfe")
-
-    def closure() -> torch.Tensor:
-        optimizer.zero_grad()
-        value = loss(log_scale.exp(), paper_shift)
-        value.backward()
-        return value
-
-    optimizer.step(closure)
-    assert fitted_loss.item() <= closure().item() + 1e-12
-
-
-def test_calibration_keeps_the_scale_positive_when_the_margins_point_the_wrong_way():
-    target, alternative = torch.tensor([5, 9] * 50), torch.tensor([9, 5] * 50)
-    wrong_way = -torch.linspace(0.5, 3.0, 100)
-    fitted = Calibration.fit(wrong_way, target, alternative)
-    assert 0 < fitted.scale < 1e-3  # the best positive scale is as small as it gets: the margins carry nothing
-    assert Calibration.fit(torch.zeros(100), target, alternative).scale == 1.0  # nothing to fit: left as it was
-
-
 def test_config_refuses_bad_values_with_the_field_name():
     with pytest.raises(SettingsError, match="ablation='median'"):
         PruneConfig(ablation="median")

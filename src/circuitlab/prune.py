@@ -9,9 +9,8 @@ The paper's method (its Appendix A.5) in stages 1-3, and what its authors did by
    scores clamped to [-1, 1], and every step sees contrast pairs it has not seen before.
 2. **Search.** Nodes are ranked by τ (ties broken by their gradient attribution) and we look for the
    smallest k whose top-k nodes reach the target loss (`discretize.smallest_sufficient`).
-3. **Calibration.** The logit scale and shift that minimise the loss (the paper takes 16 LBFGS steps towards
-   them; `Calibration.fit` solves for them exactly), part of the circuit from then on (discretised circuits
-   are badly calibrated).
+3. **Calibration.** A logit scale and shift fitted with 16 LBFGS steps, part of the circuit from then on
+   (discretised circuits are badly calibrated).
 4. **Cleanup.** Each remaining node (then each edge) is dropped if the circuit still reaches the target without
    it. A few hundred such choices on one pair set would fit that set's noise, so a removal is kept only when
    the circuit reaches the target on the *check* pairs too; if even the search's k misses there, the next units
