@@ -21,16 +21,16 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
 from circuitlab import Circuit, SparseTransformer
 from circuitlab.circuit import Edge, circuit_edges, edges_ablated
-from circuitlab.discretize import greedy_cleanup
 from circuitlab.model import NODE_LOCATIONS
 from circuitlab.paths import CHECKPOINTS_DIR, CIRCUITS_DIR
-from circuitlab.prune import PruneConfig, PrunePairs, calibrated_loss, frozen
+from circuitlab.prune import PruneConfig, PrunePairs, cleanup_edges, frozen
 
 
 def source_spread(model: SparseTransformer, circuit: Circuit, pairs: PrunePairs) -> dict[tuple, float]:
@@ -81,19 +81,16 @@ def main() -> None:
         edges = circuit_edges(model, circuit.masks)
         spread = source_spread(model, circuit, pairs)
         report["edges_before_cleanup"] = len(edges)
+        every_edge_tried = replace(cfg, cleanup_trials=10 * len(edges))
         for order in args.orders:
-            links = [(edge.source, edge.target) for edge in ordered(edges, order, spread)]
-
-            def loss_without(gone: frozenset[int], links=links) -> float:
-                with edges_ablated(model, [links[i] for i in sorted(gone)], masks.means):
-                    return calibrated_loss(selection, node_masks, cfg, check)
-
             start = time.perf_counter()
-            cleaned = greedy_cleanup(list(range(len(links))), loss_without, cfg.search_target, 10 * len(links))
-            with edges_ablated(model, [links[i] for i in cleaned.removed], masks.means):
+            removed, _ = cleanup_edges(
+                model, node_masks, masks.means, selection, every_edge_tried, check, ordered(edges, order, spread)
+            )
+            with edges_ablated(model, removed, masks.means):
                 test_loss = test.loss(node_masks, selection.fit(node_masks)[1])
             report[order] = {
-                "edges": len(cleaned.kept),
+                "edges": len(edges) - len(removed),
                 "test_loss": round(test_loss, 4),
                 "seconds": round(time.perf_counter() - start, 1),
             }

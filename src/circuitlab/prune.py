@@ -38,7 +38,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from circuitlab import settings, tasks
-from circuitlab.circuit import Circuit, Node, circuit_edges, edges_ablated, last_position_logits, silent_nodes
+from circuitlab.circuit import Circuit, Edge, Node, circuit_edges, edges_ablated, last_position_logits, silent_nodes
 from circuitlab.corpus import TokenSampler, load_token_streams
 from circuitlab.discretize import greedy_cleanup, smallest_sufficient
 from circuitlab.masks import (
@@ -414,13 +414,16 @@ def cleanup_edges(
     selection: MaskedEvaluator,
     cfg: PruneConfig,
     check: MaskedEvaluator | None = None,
+    order: list[Edge] | None = None,
 ) -> tuple[list[tuple[Node, Node]], dict]:
     """Edge-level pruning inside the circuit, the method the paper names but did not build: ablate single
-    weights between kept nodes (smallest magnitude first) while the circuit still reaches the search target on
-    the selection and the `check` pairs. Returns the removed edges as (source, target) nodes, and what the
-    cleanup found."""
-    edges = sorted(circuit_edges(model, {n: m.bool() for n, m in node_masks.items()}), key=lambda e: abs(e.weight))
-    links = [(edge.source, edge.target) for edge in edges]
+    weights between kept nodes (smallest magnitude first, or as in `order`, the circuit's edges in the order to
+    try them) while the circuit still reaches the search target on the selection and the `check` pairs. Returns
+    the removed edges as (source, target) nodes, and what the cleanup found."""
+    if order is None:
+        edges = circuit_edges(model, {name: mask.bool() for name, mask in node_masks.items()})
+        order = sorted(edges, key=lambda edge: abs(edge.weight))
+    links = [(edge.source, edge.target) for edge in order]
 
     def loss_without(gone: frozenset[int]) -> float:
         with edges_ablated(model, [links[i] for i in sorted(gone)], means):
